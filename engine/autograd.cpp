@@ -1,0 +1,300 @@
+// The tape and the reverse sweep.
+//
+// Recording: every op that has an input requiring grad attaches a Node to its output, holding
+// the inputs and a creation sequence number. Creation order is a topological order, so the
+// sweep needs no recursive search: it collects the nodes reachable from the roots (with an
+// explicit stack), sorts them by sequence number, newest first, and calls each backward once,
+// after all of its consumers have added (+=) their contributions to its gradient.
+#include <algorithm>
+#include <atomic>
+#include <optional>
+
+#include "dispatch.hpp"
+#include "node.hpp"
+
+namespace tapegrad {
+
+// ---- grad mode -----------------------------------------------------------------------------------
+namespace {
+thread_local bool grad_enabled = true;
+std::atomic<uint64_t> seq_counter{0};
+}  // namespace
+bool GradMode::is_enabled() { return grad_enabled; }
+void GradMode::set_enabled(bool on) { grad_enabled = on; }
+
+// ---- nodes ---------------------------------------------------------------------------------------
+Node::~Node() {
+  if (inputs != inline_) delete[] inputs;
+}
+
+void Node::set_inputs(const Tensor* first, size_t n) {
+  inputs = n <= 2 ? inline_ : new Edge[n];
+  n_inputs = static_cast<uint32_t>(n);
+  for (size_t i = 0; i < n; ++i) inputs[i] = Edge{first[i], first[i].impl()->owner()->version};
+}
+
+namespace detail {
+uint64_t next_seq() { return seq_counter.fetch_add(1, std::memory_order_relaxed) + 1; }
+
+bool any_requires_grad(const Tensor* first, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (first[i].requires_grad()) return true;
+  return false;
+}
+
+void attach(const Tensor& out, Node* node, const char* name, const Tensor* first, size_t n) {
+  node->name = name;
+  node->seq = next_seq();
+  node->set_inputs(first, n);
+  TensorImpl* p = out.impl();
+  delete p->node;
+  p->node = node;
+  p->set(TensorImpl::kRequiresGrad, true);
+  p->set(TensorImpl::kNonLeaf, true);
+}
+}  // namespace detail
+
+// ---- accumulation --------------------------------------------------------------------------------
+// out = a + b for same-shape tensors; recorded (dout flows to both) when building a graph of the
+// backward itself, so that gradients of gradients see every contribution.
+static Tensor sum_of(const Tensor& a, const Tensor& b) {
+  Tensor out(TensorImpl::create(a.dtype(), a.shape()));
+  dispatch("accumulate", a.dtype(), [&]<class T>() {
+    const T* x = a.data_ptr<T>();
+    const T* y = b.data_ptr<T>();
+    T* o = out.data_ptr<T>();
+    for (size_t i = 0, n = a.numel(); i < n; ++i) o[i] = x[i] + y[i];
+  });
+  return record("accumulate", out, {a, b}, [](Backward& g) {
+    g.add(0, g.dout());  // d(a+b)/da = 1
+    g.add(1, g.dout());  // d(a+b)/db = 1
+  });
+}
+
+static void add_in_place(TensorImpl* acc, const Tensor& g) {
+  dispatch("accumulate", acc->dtype, [&]<class T>() {
+    T* a = static_cast<T*>(acc->data);
+    const T* b = g.data_ptr<T>();
+    for (size_t i = 0, n = acc->numel(); i < n; ++i) a[i] += b[i];
+  });
+}
+
+static void check_grad_matches(const char* op, const TensorImpl* t, const Tensor& grad) {
+  if (!grad.defined()) fail(op, ": backward produced an undefined gradient");
+  if (grad.shape() != t->shape || grad.dtype() != t->dtype)
+    fail(op, ": backward produced a gradient of shape ", grad.shape(), " ", grad.dtype(),
+         " for an input of shape ", t->shape, " ", t->dtype);
+}
+
+void accumulate_grad(const char* op, TensorImpl* t, const Tensor& grad, bool create_graph) {
+  check_grad_matches(op, t, grad);
+  if (!t->pending) {
+    t->pending = grad.ref();  // the first contribution is stored, not added to zeros
+  } else if (!create_graph && t->pending->unique() && !grad.requires_grad()) {
+    add_in_place(t->pending.get(), grad);
+  } else {
+    t->pending = sum_of(Tensor(t->pending), grad).ref();
+  }
+}
+
+void Backward::add(size_t i, const Tensor& grad) {
+  const Tensor& in = input(i);
+  if (in.requires_grad()) accumulate_grad(node_.name, in.impl(), grad, create_graph_);
+}
+
+// A leaf's .grad() accumulates across backward() calls. It never aliases another buffer, so the
+// next call may add into it in place.
+static void accumulate_into_leaf(TensorImpl* leaf, const Tensor& g, bool create_graph) {
+  if (!leaf->grad) {
+    if (g.impl()->unique() || create_graph) {
+      leaf->grad = g.ref();
+    } else {
+      Ref<TensorImpl> copy = TensorImpl::create(g.dtype(), g.shape());
+      std::copy_n(static_cast<const char*>(g.impl()->data), g.impl()->nbytes(), static_cast<char*>(copy->data));
+      leaf->grad = std::move(copy);
+    }
+  } else if (create_graph || leaf->grad->has(TensorImpl::kRequiresGrad) || leaf->grad->base) {
+    leaf->grad = sum_of(Tensor(leaf->grad), g).ref();
+  } else {
+    check_grad_matches("backward", leaf->grad.get(), g);
+    add_in_place(leaf->grad.get(), g);
+  }
+}
+
+static Tensor run_hooks(TensorImpl* p, Tensor dout) {
+  if (!p->extras) return dout;
+  for (auto& hook : p->extras->hooks) {
+    Tensor replaced = hook(dout);
+    if (replaced.defined()) {
+      check_grad_matches("hook", p, replaced);
+      dout = replaced;
+    }
+  }
+  return dout;
+}
+
+// ---- the sweep -----------------------------------------------------------------------------------
+namespace {
+
+thread_local uint32_t sweep_epoch = 0;
+
+struct Sweep {
+  std::vector<Ref<TensorImpl>> nodes;  // non-leaves to visit, newest first after sorting
+  std::vector<Ref<TensorImpl>> leaves;
+  // functional grad(): which tensors to capture, and what was captured
+  const std::vector<Tensor>* capture_inputs = nullptr;
+  std::vector<Tensor> captured;
+
+  int capture_index(TensorImpl* p) const {
+    if (!capture_inputs) return -1;
+    for (size_t i = 0; i < capture_inputs->size(); ++i)
+      if ((*capture_inputs)[i].impl() == p) return static_cast<int>(i);
+    return -1;
+  }
+
+  void visit(TensorImpl* p, std::vector<TensorImpl*>& stack) {
+    if (p->visit == sweep_epoch) return;
+    p->visit = sweep_epoch;
+    if (p->has(TensorImpl::kNonLeaf)) {
+      if (!p->node)
+        fail("backward: trying to backward through a graph a second time (or after its saved values "
+             "were freed); pass retain_graph=true to the first backward() if you need to");
+      nodes.push_back(Ref<TensorImpl>::share(p));
+      stack.push_back(p);
+    } else {
+      leaves.push_back(Ref<TensorImpl>::share(p));
+    }
+  }
+
+  // Everything that can fail on bad state is checked here, before any gradient is computed.
+  void collect(const std::vector<Tensor>& roots) {
+    if (++sweep_epoch == 0) ++sweep_epoch;
+    std::vector<TensorImpl*> stack;
+    for (const Tensor& r : roots) visit(r.impl(), stack);
+    while (!stack.empty()) {
+      Node* node = stack.back()->node;
+      stack.pop_back();
+      for (uint32_t i = 0; i < node->n_inputs; ++i) {
+        const Edge& e = node->inputs[i];
+        TensorImpl* q = e.input.impl();
+        if (q->owner()->version != e.version)
+          fail("backward: an input of ", node->name, " (shape ", q->shape,
+               ") was modified in place after it was saved for backward (version ", e.version,
+               " saved, now ", q->owner()->version, "); clone it before modifying, or modify it after backward()");
+        if (q->has(TensorImpl::kRequiresGrad)) visit(q, stack);
+      }
+    }
+    std::sort(nodes.begin(), nodes.end(),
+              [](const Ref<TensorImpl>& a, const Ref<TensorImpl>& b) { return a->node->seq > b->node->seq; });
+  }
+
+  void clear_pending() {
+    for (auto& p : nodes)
+      if (p) p->pending.reset();
+    for (auto& p : leaves) p->pending.reset();
+  }
+
+  void run(bool retain_graph, bool create_graph) {
+    for (auto& ref : nodes) {
+      TensorImpl* p = ref.get();
+      Tensor dout(std::move(p->pending));
+      if (dout.defined()) {
+        dout = run_hooks(p, dout);
+        int ci = capture_index(p);
+        if (ci >= 0) captured[ci] = dout;
+        if (!capture_inputs && p->has(TensorImpl::kRetainGrad)) accumulate_into_leaf(p, dout, create_graph);
+        Tensor out(Ref<TensorImpl>::share(p));
+        Backward g(*p->node, out, dout, create_graph);
+        p->node->backward(g);
+      }
+      if (!retain_graph) {  // free what the forward saved, as soon as it is no longer needed
+        delete p->node;
+        p->node = nullptr;
+        p->set(TensorImpl::kReleased, true);
+      }
+      ref.reset();
+    }
+    for (auto& ref : leaves) {
+      TensorImpl* p = ref.get();
+      Tensor dout(std::move(p->pending));
+      if (!dout.defined()) continue;
+      dout = run_hooks(p, dout);
+      int ci = capture_index(p);
+      if (ci >= 0) captured[ci] = dout;
+      else if (!capture_inputs) accumulate_into_leaf(p, dout, create_graph);
+    }
+  }
+};
+
+void seed(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots, const char* fn) {
+  if (roots.empty()) fail(fn, ": no tensors to differentiate");
+  if (!grad_roots.empty() && grad_roots.size() != roots.size())
+    fail(fn, ": ", roots.size(), " outputs but ", grad_roots.size(), " gradients");
+  for (size_t i = 0; i < roots.size(); ++i) {
+    const Tensor& r = roots[i];
+    if (!r.requires_grad())
+      fail(fn, ": tensor of shape ", r.shape(),
+           " does not require grad and has no grad_fn (set requires_grad on a leaf it depends on, "
+           "and do not compute it under NoGradGuard)");
+    Tensor g = i < grad_roots.size() ? grad_roots[i] : Tensor();
+    if (!g.defined()) {
+      if (r.numel() != 1)
+        fail(fn, ": output of shape ", r.shape(),
+             " is not a single element; pass a gradient of that shape (e.g. ones_like(out))");
+      g = ones_like(r);
+    } else if (g.shape() != r.shape() || g.dtype() != r.dtype()) {
+      fail(fn, ": gradient of shape ", g.shape(), " ", g.dtype(), " given for an output of shape ",
+           r.shape(), " ", r.dtype());
+    }
+  }
+}
+
+void seed_pending(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots) {
+  for (size_t i = 0; i < roots.size(); ++i) {
+    Tensor g = i < grad_roots.size() && grad_roots[i].defined() ? grad_roots[i] : ones_like(roots[i]);
+    accumulate_grad("backward", roots[i].impl(), g, false);
+  }
+}
+
+void sweep(Sweep& s, const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots,
+           bool retain_graph, bool create_graph, const char* fn) {
+  seed(roots, grad_roots, fn);
+  s.collect(roots);
+  seed_pending(roots, grad_roots);
+  std::optional<NoGradGuard> no_grad;
+  std::optional<EnableGradGuard> with_grad;
+  if (create_graph) with_grad.emplace();
+  else no_grad.emplace();
+  try {
+    s.run(retain_graph || create_graph, create_graph);
+  } catch (...) {
+    s.clear_pending();
+    throw;
+  }
+}
+
+}  // namespace
+
+void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots, bool retain_graph,
+              bool create_graph) {
+  Sweep s;
+  sweep(s, roots, grad_roots, retain_graph, create_graph, "backward");
+}
+
+std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,
+                         const std::vector<Tensor>& grad_outputs, bool retain_graph, bool create_graph,
+                         bool allow_unused) {
+  for (const Tensor& x : inputs)
+    if (!x.requires_grad()) fail("grad: an input of shape ", x.shape(), " does not require grad");
+  Sweep s;
+  s.capture_inputs = &inputs;
+  s.captured.resize(inputs.size());
+  sweep(s, outputs, grad_outputs, retain_graph, create_graph, "grad");
+  for (size_t i = 0; i < inputs.size(); ++i)
+    if (!s.captured[i].defined() && !allow_unused)
+      fail("grad: input ", i, " (shape ", inputs[i].shape(),
+           ") was not used to compute the outputs; pass allow_unused=true to get an undefined tensor");
+  return s.captured;
+}
+
+}  // namespace tapegrad

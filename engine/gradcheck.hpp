@@ -1,0 +1,31 @@
+#pragma once
+// gradcheck: compares the backward of f with central finite differences, in float64.
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "tensor.hpp"
+
+namespace tapegrad {
+
+struct GradcheckOptions {
+  double eps = 1e-6;   // finite-difference step
+  double atol = 1e-5;  // |analytic - numeric| <= atol + rtol * |numeric|
+  double rtol = 1e-3;
+};
+
+struct GradcheckResult {
+  bool ok = true;
+  double max_abs_error = 0;  // over every Jacobian entry
+  size_t checked = 0;        // Jacobian entries compared
+  std::string report;        // on failure: the worst entry (input, element, output, both values)
+  explicit operator bool() const { return ok; }
+};
+
+using Function = std::function<Tensor(const std::vector<Tensor>&)>;
+
+// Every input must be float64; those that require grad are checked, the others are constants.
+// The full Jacobian is compared: one backward per output element, two forwards per input element.
+GradcheckResult gradcheck(const Function& f, const std::vector<Tensor>& inputs, GradcheckOptions opt = {});
+
+}  // namespace tapegrad

@@ -1,0 +1,98 @@
+// Elementwise arithmetic with NumPy broadcasting. Each backward sums its gradient back to the
+// input's shape with sum_to, the one broadcasting helper.
+#include "kernel.hpp"
+
+namespace tapegrad {
+using namespace kernel;
+
+// out = f(a, b) with broadcasting. Same shapes and scalar operands take 1-D loops; the general
+// case uses xtensor's broadcasting.
+template <class F>
+static Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
+  check_same_dtype(op, a, b);
+  Shape shape = broadcast_shapes(op, a.shape(), b.shape());
+  Tensor out = empty_out(a.dtype(), shape);
+  dispatch(op, a.dtype(), [&]<class T>() {
+    auto o = flat_mut<T>(out);
+    if (a.shape() == b.shape()) {
+      xt::noalias(o) = f(flat<T>(a), flat<T>(b));
+    } else if (b.numel() == 1 && shape == a.shape()) {
+      xt::noalias(o) = f(flat<T>(a), b.data_ptr<T>()[0]);
+    } else if (a.numel() == 1 && shape == b.shape()) {
+      xt::noalias(o) = f(a.data_ptr<T>()[0], flat<T>(b));
+    } else {
+      auto on = nd_mut<T>(out);
+      xt::noalias(on) = f(nd<T>(a), nd<T>(b));
+    }
+  });
+  return out;
+}
+
+// add: y = a + b      da = dy      db = dy      (each summed to its input's shape)
+Tensor add(const Tensor& a, const Tensor& b) {
+  Tensor out = binary("add", a, b, [](auto&& x, auto&& y) { return x + y; });
+  return record("add", out, {a, b}, [](Backward& g) {
+    if (g.wants(0)) g.add(0, sum_to(g.dout(), g.input(0).shape()));
+    if (g.wants(1)) g.add(1, sum_to(g.dout(), g.input(1).shape()));
+  });
+}
+
+// sub: y = a - b      da = dy      db = -dy
+Tensor sub(const Tensor& a, const Tensor& b) {
+  Tensor out = binary("sub", a, b, [](auto&& x, auto&& y) { return x - y; });
+  return record("sub", out, {a, b}, [](Backward& g) {
+    if (g.wants(0)) g.add(0, sum_to(g.dout(), g.input(0).shape()));
+    if (g.wants(1)) g.add(1, sum_to(neg(g.dout()), g.input(1).shape()));
+  });
+}
+
+// mul: y = a·b      da = dy·b      db = dy·a
+Tensor mul(const Tensor& a, const Tensor& b) {
+  Tensor out = binary("mul", a, b, [](auto&& x, auto&& y) { return x * y; });
+  return record("mul", out, {a, b}, [](Backward& g) {
+    if (g.wants(0)) g.add(0, sum_to(mul(g.dout(), g.input(1)), g.input(0).shape()));
+    if (g.wants(1)) g.add(1, sum_to(mul(g.dout(), g.input(0)), g.input(1).shape()));
+  });
+}
+
+// div: y = a / b      da = dy / b      db = -dy·a / b² = -dy·y / b
+Tensor div(const Tensor& a, const Tensor& b) {
+  Tensor out = binary("div", a, b, [](auto&& x, auto&& y) { return x / y; });
+  return record("div", out, {a, b}, [](Backward& g) {
+    const Tensor& b = g.input(1);
+    if (g.wants(0)) g.add(0, sum_to(div(g.dout(), b), g.input(0).shape()));
+    if (g.wants(1)) g.add(1, sum_to(neg(div(mul(g.dout(), g.input(0)), mul(b, b))), b.shape()));
+  });
+}
+
+// neg: y = -x      dx = -dy
+Tensor neg(const Tensor& x) {
+  check_float("neg", x);
+  Tensor out = empty_out(x.dtype(), x.shape());
+  dispatch("neg", x.dtype(), [&]<class T>() {
+    auto o = flat_mut<T>(out);
+    xt::noalias(o) = -flat<T>(x);
+  });
+  return record("neg", out, {x}, [](Backward& g) { g.add(0, neg(g.dout())); });
+}
+
+Tensor scalar_like(const Tensor& x, double value) {
+  check_float("scalar", x);
+  return scalar_tensor(value, x.dtype());
+}
+
+Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+Tensor operator-(const Tensor& x) { return neg(x); }
+Tensor operator+(const Tensor& a, double b) { return add(a, scalar_like(a, b)); }
+Tensor operator-(const Tensor& a, double b) { return sub(a, scalar_like(a, b)); }
+Tensor operator*(const Tensor& a, double b) { return mul(a, scalar_like(a, b)); }
+Tensor operator/(const Tensor& a, double b) { return div(a, scalar_like(a, b)); }
+Tensor operator+(double a, const Tensor& b) { return add(scalar_like(b, a), b); }
+Tensor operator-(double a, const Tensor& b) { return sub(scalar_like(b, a), b); }
+Tensor operator*(double a, const Tensor& b) { return mul(scalar_like(b, a), b); }
+Tensor operator/(double a, const Tensor& b) { return div(scalar_like(b, a), b); }
+
+}  // namespace tapegrad

@@ -1,0 +1,85 @@
+#pragma once
+// Private to ops/: xtensor views over tensor data, and the checks every op shares.
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xarray.hpp>
+#include <xtensor/xbroadcast.hpp>
+#include <xtensor/xmath.hpp>
+#include <xtensor/xnoalias.hpp>
+#include <xtensor/xreducer.hpp>
+
+#include "../engine/dispatch.hpp"
+#include "ops.hpp"
+
+namespace tapegrad::kernel {
+
+inline xt::dynamic_shape<size_t> xshape(const Shape& s) { return {s.begin(), s.end()}; }
+
+// 1-D views (fast: fixed rank) over all elements.
+template <class T>
+auto flat(const Tensor& t) {
+  return xt::adapt(static_cast<const T*>(t.impl()->data), t.numel(), xt::no_ownership(),
+                   std::array<size_t, 1>{t.numel()});
+}
+template <class T>
+auto flat_mut(const Tensor& t) {
+  return xt::adapt(static_cast<T*>(t.impl()->data), t.numel(), xt::no_ownership(),
+                   std::array<size_t, 1>{t.numel()});
+}
+// N-d views, for broadcasting and reductions.
+template <class T>
+auto nd(const Tensor& t) {
+  return xt::adapt(static_cast<const T*>(t.impl()->data), t.numel(), xt::no_ownership(), xshape(t.shape()));
+}
+template <class T>
+auto nd_mut(const Tensor& t) {
+  return xt::adapt(static_cast<T*>(t.impl()->data), t.numel(), xt::no_ownership(), xshape(t.shape()));
+}
+
+// A fresh output with uninitialised data.
+inline Tensor empty_out(Dtype d, const Shape& s) { return Tensor(TensorImpl::create(d, s)); }
+
+inline void check_float(const char* op, const Tensor& x) {
+  if (!x.defined()) fail(op, ": undefined tensor");
+  if (x.dtype() == kInt64) fail(op, ": int64 tensor of shape ", x.shape(), " is not differentiable (float32 or float64 needed)");
+}
+inline void check_same_dtype(const char* op, const Tensor& a, const Tensor& b) {
+  check_float(op, a);
+  check_float(op, b);
+  if (a.dtype() != b.dtype())
+    fail(op, ": dtypes differ (", a.dtype(), " ", a.shape(), " and ", b.dtype(), " ", b.shape(),
+         "); convert one explicitly");
+}
+
+// out = x summed over `axes` (sorted, unique); out holds the kept elements in row-major order.
+// Fast paths: leading axes (out[j] = Σ_i x[i·inner + j], the bias gradient) and trailing axes
+// (out[i] = Σ_j x[i·inner + j], row sums); both vectorise. Otherwise xtensor, evaluated
+// immediately (its lazy reducers are 10-100× slower).
+template <class T>
+void sum_axes(const Tensor& x, const Tensor& out, const std::vector<size_t>& axes) {
+  const T* src = static_cast<const T*>(x.impl()->data);
+  T* dst = static_cast<T*>(out.impl()->data);
+  size_t rank = x.dim(), n_out = out.numel();
+  bool leading = true, trailing = true;
+  for (size_t i = 0; i < axes.size(); ++i) {
+    leading &= axes[i] == i;
+    trailing &= axes[i] == rank - axes.size() + i;
+  }
+  if (leading) {
+    size_t outer = n_out ? x.numel() / n_out : 0;
+    std::fill(dst, dst + n_out, T(0));
+    for (size_t i = 0; i < outer; ++i)
+      for (size_t j = 0; j < n_out; ++j) dst[j] += src[i * n_out + j];
+  } else if (trailing) {
+    size_t inner = n_out ? x.numel() / n_out : 0;
+    for (size_t i = 0; i < n_out; ++i) {
+      T acc = 0;
+      for (size_t j = 0; j < inner; ++j) acc += src[i * inner + j];
+      dst[i] = acc;
+    }
+  } else {
+    xt::xarray<T> r = xt::sum(nd<T>(x), axes, xt::evaluation_strategy::immediate);
+    std::copy(r.begin(), r.end(), dst);
+  }
+}
+
+}  // namespace tapegrad::kernel

@@ -1,0 +1,124 @@
+// Matrix products through BLAS gemm. Transposes are never materialised: gemm reads an operand
+// transposed in place when told to, so the backward of a product is two more products.
+#include <cblas.h>
+
+#include "kernel.hpp"
+
+namespace tapegrad {
+using namespace kernel;
+
+namespace {
+
+// C[M,N] = op(A)·op(B) + beta·C, row-major, where A/B are stored [rows, cols] as given.
+template <class T>
+void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, bool tb, T beta) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // empty sum: C = beta·C
+    for (size_t i = 0; i < M * N; ++i) C[i] = beta == T(0) ? T(0) : beta * C[i];
+    return;
+  }
+  auto lda = static_cast<int>(ta ? M : K), ldb = static_cast<int>(tb ? K : N);
+  auto opA = ta ? CblasTrans : CblasNoTrans, opB = tb ? CblasTrans : CblasNoTrans;
+  auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, opA, opB, m, n, k, 1.f, A, lda, B, ldb, beta, C, n);
+  else
+    cblas_dgemm(CblasRowMajor, opA, opB, m, n, k, 1.0, A, lda, B, ldb, beta, C, n);
+}
+
+std::string op_str(const Shape& s, bool t) { return s.str() + (t ? "ᵀ" : ""); }
+
+}  // namespace
+
+// mm: C = op(A)·op(B)
+//   dA = dC·op(B)ᵀ   (or op(B)·dCᵀ when A was read transposed)
+//   dB = op(A)ᵀ·dC   (or dCᵀ·op(A) when B was read transposed)
+// Each is itself an mm with flags, so the backward is differentiable and copies nothing.
+Tensor mm(const Tensor& a, const Tensor& b, bool ta, bool tb) {
+  check_same_dtype("matmul", a, b);
+  if (a.dim() != 2 || b.dim() != 2)
+    fail("matmul: mm needs 2-D operands, got ", a.shape(), " and ", b.shape());
+  size_t M = ta ? a.shape()[1] : a.shape()[0], K = ta ? a.shape()[0] : a.shape()[1];
+  size_t Kb = tb ? b.shape()[1] : b.shape()[0], N = tb ? b.shape()[0] : b.shape()[1];
+  if (K != Kb)
+    fail("matmul: shapes ", op_str(a.shape(), ta), " and ", op_str(b.shape(), tb), " do not align (", K, " vs ", Kb, ")");
+  Tensor out = empty_out(a.dtype(), Shape{M, N});
+  dispatch("matmul", a.dtype(), [&]<class T>() {
+    gemm<T>(a.data_ptr<T>(), b.data_ptr<T>(), out.data_ptr<T>(), M, N, K, ta, tb, T(0));
+  });
+  return record("matmul", out, {a, b}, [ta, tb](Backward& g) {
+    const Tensor &A = g.input(0), &B = g.input(1), &dC = g.dout();
+    if (g.wants(0)) g.add(0, ta ? mm(B, dC, tb, true) : mm(dC, B, false, !tb));
+    if (g.wants(1)) g.add(1, tb ? mm(dC, A, true, ta) : mm(A, dC, !ta, false));
+  });
+}
+
+// bmm: C[b] = A[b]·B[b] for 3-D operands      dA[b] = dC[b]·B[b]ᵀ      dB[b] = A[b]ᵀ·dC[b]
+static Tensor bmm(const Tensor& a, const Tensor& b, bool ta, bool tb) {
+  size_t batch = a.shape()[0];
+  if (b.shape()[0] != batch) fail("matmul: batch sizes of ", a.shape(), " and ", b.shape(), " differ");
+  size_t ar = a.shape()[1], ac = a.shape()[2], br = b.shape()[1], bc = b.shape()[2];
+  size_t M = ta ? ac : ar, K = ta ? ar : ac, Kb = tb ? bc : br, N = tb ? br : bc;
+  if (K != Kb) fail("matmul: shapes ", a.shape(), " and ", b.shape(), " do not align (", K, " vs ", Kb, ")");
+  Tensor out = empty_out(a.dtype(), Shape{batch, M, N});
+  dispatch("matmul", a.dtype(), [&]<class T>() {
+    for (size_t i = 0; i < batch; ++i)
+      gemm<T>(a.data_ptr<T>() + i * ar * ac, b.data_ptr<T>() + i * br * bc, out.data_ptr<T>() + i * M * N,
+              M, N, K, ta, tb, T(0));
+  });
+  return record("bmm", out, {a, b}, [ta, tb](Backward& g) {
+    const Tensor &A = g.input(0), &B = g.input(1), &dC = g.dout();
+    if (g.wants(0)) g.add(0, ta ? bmm(B, dC, tb, true) : bmm(dC, B, false, !tb));
+    if (g.wants(1)) g.add(1, tb ? bmm(dC, A, true, ta) : bmm(A, dC, !ta, false));
+  });
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  check_same_dtype("matmul", a, b);
+  if (a.dim() == 2 && b.dim() == 2) return mm(a, b);
+  if (a.dim() == 3 && b.dim() == 3) return bmm(a, b, false, false);
+  if (a.dim() == 3 && b.dim() == 2) {  // [B,M,K]·[K,N]: one gemm over the B·M rows
+    const Shape& s = a.shape();
+    if (s[2] != b.shape()[0]) fail("matmul: shapes ", s, " and ", b.shape(), " do not align (", s[2], " vs ", b.shape()[0], ")");
+    Tensor rows = reshape(a, {static_cast<int64_t>(s[0] * s[1]), static_cast<int64_t>(s[2])});
+    return reshape(mm(rows, b), {static_cast<int64_t>(s[0]), static_cast<int64_t>(s[1]), -1});
+  }
+  fail("matmul: supports 2-D·2-D, 3-D·3-D and 3-D·2-D operands, got ", a.shape(), " and ", b.shape());
+}
+
+// linear: y = x·W + b     x:[B,K] W:[K,N] b:[N] y:[B,N]
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
+  check_same_dtype("linear", x, W);
+  if (b.defined()) check_same_dtype("linear", x, b);
+  if (W.dim() != 2 || x.dim() < 1 || (b.defined() && (b.dim() != 1 || b.shape()[0] != W.shape()[1])) ||
+      x.shape().back() != W.shape()[0])
+    fail("linear: shapes x ", x.shape(), ", W ", W.shape(), ", b ", b.defined() ? b.shape().str() : "none",
+         " do not fit y = x·W + b (need x [B,K], W [K,N], b [N])");
+  if (x.dim() != 2) {  // [...,K]: fold the leading dims into the batch
+    Shape lead = x.shape();
+    lead.erase(lead.rank() - 1);
+    Tensor y = linear(reshape(x, {-1, static_cast<int64_t>(x.shape().back())}), W, b);
+    std::vector<int64_t> ys(lead.begin(), lead.end());
+    ys.push_back(static_cast<int64_t>(W.shape()[1]));
+    return reshape(y, ys);
+  }
+  size_t B = x.shape()[0], K = x.shape()[1], N = W.shape()[1];
+  Tensor out = empty_out(x.dtype(), Shape{B, N});
+  dispatch("linear", x.dtype(), [&]<class T>() {
+    T* y = out.data_ptr<T>();
+    if (b.defined()) {  // start from the bias rows, then gemm adds x·W (beta = 1)
+      const T* bias = b.data_ptr<T>();
+      for (size_t i = 0; i < B; ++i) std::copy(bias, bias + N, y + i * N);
+    }
+    gemm<T>(x.data_ptr<T>(), W.data_ptr<T>(), y, B, N, K, false, false, b.defined() ? T(1) : T(0));
+  });
+  auto backward = [](Backward& g) {
+    const Tensor &x = g.input(0), &W = g.input(1), &dout = g.dout();
+    if (g.n_inputs() == 3 && g.wants(2)) g.add(2, sum(dout, 0));        // db += Σ_batch dout   [N] += Σ_B [B,N]
+    if (g.wants(1)) g.add(1, mm(x, dout, /*transpose_a=*/true, false));  // dW += xᵀ·dout       [K,N] += [K,B]·[B,N]
+    if (g.wants(0)) g.add(0, mm(dout, W, false, /*transpose_b=*/true));  // dx += dout·Wᵀ       [B,K] += [B,N]·[N,K]
+  };
+  return b.defined() ? record("linear", out, {x, W, b}, backward) : record("linear", out, {x, W}, backward);
+}
+
+}  // namespace tapegrad

@@ -1,0 +1,8 @@
+#pragma once
+// tapegrad: reverse-mode automatic differentiation on n-dimensional tensors.
+// The one header users include.
+#include "../engine/gradcheck.hpp"
+#include "../engine/interop.hpp"
+#include "../engine/node.hpp"
+#include "../engine/tensor.hpp"
+#include "../ops/ops.hpp"

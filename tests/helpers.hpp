@@ -1,0 +1,34 @@
+#pragma once
+// Shared by the test files: gradcheck with a readable failure, and value comparison.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <tapegrad/tapegrad.hpp>
+#include <vector>
+
+namespace tg = tapegrad;
+
+// A float64 leaf with reproducible values in [lo, hi).
+inline tg::Tensor leaf64(const tg::Shape& shape, uint64_t seed, double lo = -1.0, double hi = 1.0) {
+  tg::Generator gen(seed);
+  tg::Tensor t = tg::rand(shape, tg::kFloat64, &gen);
+  std::vector<double> v = t.to_vector();
+  for (double& x : v) x = lo + (hi - lo) * x;
+  return tg::from_vector(v, shape, tg::dtype(tg::kFloat64).requires_grad());
+}
+
+#define CHECK_GRADCHECK(f, inputs)                          \
+  do {                                                      \
+    auto gc_result_ = tg::gradcheck((f), (inputs));         \
+    INFO(gc_result_.report);                                \
+    CHECK(gc_result_.ok);                                   \
+  } while (0)
+
+inline void check_values(const tg::Tensor& t, const std::vector<double>& expected, double tol = 1e-6) {
+  std::vector<double> v = t.to_vector();
+  REQUIRE(v.size() == expected.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    INFO("element " << i);
+    CHECK(v[i] == doctest::Approx(expected[i]).epsilon(tol));
+  }
+}

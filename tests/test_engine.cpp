@@ -1,0 +1,161 @@
+// The engine: handles, the tape, the sweep, accumulation, grad mode, release, errors.
+#include "helpers.hpp"
+
+using namespace tapegrad;
+
+TEST_CASE("a tensor handle is cheap to copy and copies share value and gradient") {
+  Tensor a = tensor({1, 2, 3}, requires_grad());
+  Tensor b = a;
+  CHECK(a.impl() == b.impl());
+  sum(a * a).backward();
+  check_values(b.grad(), {2, 4, 6});
+  CHECK(a.is_leaf());
+  CHECK(a.shape() == Shape{3});
+  CHECK(a.numel() == 3);
+  CHECK(a.dtype() == kFloat32);
+}
+
+TEST_CASE("fan-out: a value used twice receives the sum of both gradients") {
+  // y = x·x + x   dy/dx = 2x + 1: x feeds three consumers' slots
+  Tensor x = tensor({3.0}, requires_grad());
+  Tensor y = x * x + x;
+  y.backward();
+  CHECK(x.grad().item() == doctest::Approx(7.0));
+}
+
+TEST_CASE("leaves accumulate across backward calls until zero_grad") {
+  Tensor x = tensor({2.0}, requires_grad());
+  (x * 3.0).backward();
+  (x * 3.0).backward();
+  CHECK(x.grad().item() == doctest::Approx(6.0));
+  x.zero_grad();
+  CHECK_FALSE(x.grad().defined());
+  (x * 5.0).backward();
+  CHECK(x.grad().item() == doctest::Approx(5.0));
+}
+
+TEST_CASE("backward of a non-scalar needs an explicit gradient") {
+  Tensor x = tensor({1, 2}, requires_grad());
+  Tensor y = x * 2.0;
+  CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("not a single element"), Error);
+  y.backward(tensor({1, 10}));
+  check_values(x.grad(), {2, 20});
+  Tensor z = x * 2.0;
+  CHECK_THROWS_WITH_AS(z.backward(tensor({1, 2, 3})), doctest::Contains("[3]"), Error);
+}
+
+TEST_CASE("a second backward through a released graph is an error; retain_graph keeps it") {
+  Tensor x = tensor({1.5}, requires_grad());
+  Tensor y = tanh(x) * x;
+  y.backward(Tensor(), /*retain_graph=*/true);
+  double g1 = x.grad().item();
+  y.backward();
+  CHECK(x.grad().item() == doctest::Approx(2 * g1));
+  CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("second time"), Error);
+  CHECK(x.grad().item() == doctest::Approx(2 * g1));  // nothing lost
+}
+
+TEST_CASE("backward on a tensor that does not require grad is an error") {
+  Tensor x = tensor({1.0});
+  CHECK_THROWS_WITH_AS((x * 2.0).backward(), doctest::Contains("does not require grad"), Error);
+}
+
+TEST_CASE("NoGradGuard records nothing") {
+  Tensor x = tensor({1.0}, requires_grad());
+  Tensor y;
+  {
+    NoGradGuard guard;
+    y = x * 2.0;
+  }
+  CHECK_FALSE(y.requires_grad());
+  CHECK(y.is_leaf());
+  Tensor z = x * 2.0;
+  CHECK(z.requires_grad());
+  CHECK_FALSE(z.is_leaf());
+}
+
+TEST_CASE("subgraphs that need no gradient are skipped and constants get no grad") {
+  Tensor c = tensor({2.0});
+  Tensor x = tensor({3.0}, requires_grad());
+  Tensor y = (c * c) * x;
+  y.backward();
+  CHECK(x.grad().item() == doctest::Approx(4.0));
+  CHECK_FALSE(c.grad().defined());
+}
+
+TEST_CASE("retain_grad keeps a non-leaf gradient; without it grad() is undefined") {
+  Tensor x = tensor({2.0}, requires_grad());
+  Tensor h = x * x;
+  Tensor k = x * 3.0;
+  h.retain_grad();
+  (h * 5.0 + k).backward();
+  CHECK(h.grad().item() == doctest::Approx(5.0));
+  CHECK_FALSE(k.grad().defined());
+}
+
+TEST_CASE("detach shares data and cuts the graph") {
+  Tensor x = tensor({1, 2}, requires_grad());
+  Tensor d = (x * 2.0).detach();
+  CHECK(d.is_leaf());
+  CHECK_FALSE(d.requires_grad());
+  check_values(d, {2, 4});
+}
+
+TEST_CASE("dtype mixing is an error, not a conversion") {
+  Tensor a = ones({2}, kFloat32);
+  Tensor b = ones({2}, kFloat64);
+  CHECK_THROWS_WITH_AS(a + b, doctest::Contains("add: dtypes differ"), Error);
+}
+
+TEST_CASE("float32 and float64 both work end to end") {
+  for (Dtype d : {kFloat32, kFloat64}) {
+    Tensor x = full({2, 2}, 0.5, dtype(d).requires_grad());
+    Tensor loss = sum(tanh(x) * x);
+    loss.backward();
+    CHECK(x.grad().dtype() == d);
+    double t = std::tanh(0.5);
+    CHECK(x.grad().to_vector()[0] == doctest::Approx(t + 0.5 * (1 - t * t)).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("a chain of 1,000,000 ops goes forward, backward and out of scope") {
+  Tensor w = tensor({0.9999}, requires_grad());
+  Tensor y = tensor({1.0});
+  {
+    Tensor c = scalar_like(y, 0.0001);
+    for (int i = 0; i < 500000; ++i) {
+      y = y * w;
+      y = y + c;
+    }
+  }
+  CHECK(y.item() == doctest::Approx(1.0));
+  sum(y).backward();
+  CHECK(w.grad().item() == doctest::Approx(9995).epsilon(0.002));
+  y = Tensor();  // released iteratively
+}
+
+TEST_CASE("a graph never backpropagated is freed when its last tensor goes away") {
+  Tensor x = tensor({1.0}, requires_grad());
+  Tensor y = x;
+  for (int i = 0; i < 300000; ++i) y = y * 1.0;
+  CHECK(x.impl()->refs.load() == 2);  // x and the first node's input
+  y = Tensor();
+  CHECK(x.impl()->refs.load() == 1);
+}
+
+TEST_CASE("printing") {
+  Tensor x = tensor({{1, 2}, {3, 4}});
+  CHECK(x.str() == "tensor([[1, 2],\n        [3, 4]])");
+  Tensor y = tensor({1.5}, requires_grad()) * 2.0;
+  CHECK(y.str() == "tensor([3], grad_fn=<mul>)");
+}
+
+TEST_CASE("factories") {
+  check_values(arange(4), {0, 1, 2, 3});
+  check_values(arange(1, 2, 0.25), {1, 1.25, 1.5, 1.75});
+  check_values(full({2}, 7), {7, 7});
+  CHECK(zeros({2, 3}, kFloat64).dtype() == kFloat64);
+  Generator g1(42), g2(42);
+  check_values(randn({5}, {}, &g1), randn({5}, {}, &g2).to_vector());
+  CHECK_THROWS_AS(tensor({{1, 2}, {3}}), Error);
+}
