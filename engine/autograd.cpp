@@ -88,6 +88,7 @@ static void check_grad_matches(const char* op, const TensorImpl* t, const Tensor
 
 void accumulate_grad(const char* op, TensorImpl* t, const Tensor& grad, bool create_graph) {
   check_grad_matches(op, t, grad);
+  if (t->pending && ExplainGuard::current()) detail::explain_fan_out(t, op, grad);
   if (!t->pending) {
     t->pending = grad.ref();  // the first contribution is stored, not added to zeros
   } else if (!create_graph && t->pending->unique() && !grad.requires_grad()) {
@@ -97,9 +98,14 @@ void accumulate_grad(const char* op, TensorImpl* t, const Tensor& grad, bool cre
   }
 }
 
-void Backward::add(size_t i, const Tensor& grad) {
+void Backward::add(size_t i, const Tensor& grad) { add(i, grad, nullptr); }
+
+void Backward::add(size_t i, const Tensor& grad, const char* rule) {
   const Tensor& in = input(i);
-  if (in.requires_grad()) accumulate_grad(node_.name, in.impl(), grad, create_graph_);
+  if (!in.requires_grad()) return;
+  if (DetectAnomalyGuard::is_enabled()) detail::check_anomaly_grad(node_, i, grad);
+  if (ExplainGuard::current()) detail::explain_add(node_, i, rule, grad, dout_, out_);
+  accumulate_grad(node_.name, in.impl(), grad, create_graph_);
 }
 
 // A leaf's .grad() accumulates across backward() calls. It never aliases another buffer, so the
@@ -122,8 +128,9 @@ static void accumulate_into_leaf(TensorImpl* leaf, const Tensor& g, bool create_
 }
 
 static Tensor run_hooks(TensorImpl* p, Tensor dout) {
+  if (ExplainGuard::current()) detail::explain_visit(p, dout);
   if (!p->extras) return dout;
-  for (auto& hook : p->extras->hooks) {
+  for (auto& [id, hook] : p->extras->hooks) {
     Tensor replaced = hook(dout);
     if (replaced.defined()) {
       check_grad_matches("hook", p, replaced);
@@ -221,7 +228,11 @@ struct Sweep {
       dout = run_hooks(p, dout);
       int ci = capture_index(p);
       if (ci >= 0) captured[ci] = dout;
-      else if (!capture_inputs) accumulate_into_leaf(p, dout, create_graph);
+      else if (!capture_inputs) {
+        accumulate_into_leaf(p, dout, create_graph);
+        if (p->extras)
+          for (auto& [id, hook] : p->extras->post_hooks) hook(Tensor(Ref<TensorImpl>::share(p)));
+      }
     }
   }
 };

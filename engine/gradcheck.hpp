@@ -22,10 +22,17 @@ struct GradcheckResult {
   explicit operator bool() const { return ok; }
 };
 
-using Function = std::function<Tensor(const std::vector<Tensor>&)>;
+using TensorFn = std::function<Tensor(const std::vector<Tensor>&)>;
+using MultiTensorFn = std::function<std::vector<Tensor>(const std::vector<Tensor>&)>;
 
 // Every input must be float64; those that require grad are checked, the others are constants.
 // The full Jacobian is compared: one backward per output element, two forwards per input element.
-GradcheckResult gradcheck(const Function& f, const std::vector<Tensor>& inputs, GradcheckOptions opt = {});
+GradcheckResult gradcheck(const TensorFn& f, const std::vector<Tensor>& inputs, GradcheckOptions opt = {});
+GradcheckResult gradcheck(const MultiTensorFn& f, const std::vector<Tensor>& inputs, GradcheckOptions opt = {});
+
+// Second derivatives: checks, by the same finite differences, the Jacobian of
+// x ↦ ∂(Σ f(x)·v)/∂x computed with create_graph, for a fixed random v. It passes only if every
+// op's backward is itself correctly differentiable.
+GradcheckResult gradgradcheck(const TensorFn& f, const std::vector<Tensor>& inputs, GradcheckOptions opt = {});
 
 }  // namespace tapegrad

@@ -37,10 +37,81 @@ class EnableGradGuard {
   bool prev_;
 };
 
+// ---- anomaly mode (thread-local) ------------------------------------------------------------------
+// While alive, every op checks its output, and every backward the gradients it produces, for NaN
+// or Inf, and throws an Error naming the op, its input shapes and its sequence number.
+class DetectAnomalyGuard {
+ public:
+  DetectAnomalyGuard();
+  ~DetectAnomalyGuard();
+  DetectAnomalyGuard(const DetectAnomalyGuard&) = delete;
+  DetectAnomalyGuard& operator=(const DetectAnomalyGuard&) = delete;
+  static bool is_enabled();
+
+ private:
+  bool prev_;
+};
+
+// ---- hooks -------------------------------------------------------------------------------------------
+using GradHook = std::function<Tensor(const Tensor&)>;  // may return a replacement, or undefined to keep
+using PostAccumulateHook = std::function<void(const Tensor&)>;  // sees the leaf after .grad() is updated
+
 // Rarely used per-tensor state, allocated on first use.
 struct TensorExtras {
-  // Hooks see (and may replace) the gradient of this tensor before it flows on.
-  std::vector<std::function<Tensor(const Tensor&)>> hooks;
+  std::vector<std::pair<uint64_t, GradHook>> hooks;
+  std::vector<std::pair<uint64_t, PostAccumulateHook>> post_hooks;
+};
+
+// Returned by register_hook; remove() unregisters (safe to call twice).
+class HookHandle {
+ public:
+  HookHandle() = default;
+  HookHandle(Tensor t, uint64_t id) : t_(std::move(t)), id_(id) {}
+  void remove();
+
+ private:
+  Tensor t_;
+  uint64_t id_ = 0;
+};
+// Runs during the sweep with this tensor's full gradient (all consumers summed), before it flows
+// to the tensor's inputs (non-leaf) or into .grad() (leaf).
+HookHandle register_hook(const Tensor& t, GradHook hook);
+// Runs after a leaf's .grad() has been accumulated.
+HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateHook hook);
+
+// ---- explain mode ------------------------------------------------------------------------------------
+// While alive, each backward sweep on this thread records what it does: for every node, the op
+// and each rule applied with concrete shapes ("linear: dW += xᵀ·dout   [3,2] += [3,4]ᵀ·[4,2]"), and
+// every fan-out contribution (+=) into a tensor that several consumers share.
+struct ExplainNode {
+  uint64_t id = 0;  // creation sequence number (leaves: a running id)
+  std::string op;   // "" for a leaf
+  Shape shape;
+  double grad_norm = 0;            // ‖gradient‖ of this tensor in the sweep
+  std::vector<uint64_t> inputs;    // ids of the inputs that received gradient
+};
+class ExplainGuard {
+ public:
+  ExplainGuard();
+  ~ExplainGuard();
+  ExplainGuard(const ExplainGuard&) = delete;
+  ExplainGuard& operator=(const ExplainGuard&) = delete;
+  const std::vector<std::string>& lines() const { return lines_; }
+  std::string text() const;  // the lines, one per row
+  // Graphviz DOT of the swept graph: ops, shapes, gradient norms.
+  std::string dot() const;
+  static ExplainGuard* current();
+
+  // used by the sweep
+  void add_line(std::string line) { lines_.push_back(std::move(line)); }
+  ExplainNode& node_for(const TensorImpl* t, const char* op);
+  std::vector<ExplainNode> nodes;
+
+ private:
+  std::vector<std::string> lines_;
+  std::vector<std::pair<const TensorImpl*, size_t>> index_;
+  uint64_t next_leaf_id_ = 0;
+  ExplainGuard* prev_;
 };
 
 struct Edge {
@@ -52,6 +123,7 @@ class Backward;
 
 struct Node {
   const char* name = "";
+  const char* input_names = nullptr;  // e.g. "x W b": used by explain mode to name shapes
   uint64_t seq = 0;
   Edge* inputs = nullptr;  // points at inline_ for up to two inputs
   uint32_t n_inputs = 0;
@@ -89,6 +161,8 @@ class Backward {
   bool create_graph() const { return create_graph_; }
   const char* op() const { return node_.name; }
   void add(size_t i, const Tensor& grad);
+  // The same, with the rule in math for explain mode, e.g. add(1, dW, "dW += xᵀ·dout").
+  void add(size_t i, const Tensor& grad, const char* rule);
 
  private:
   Node& node_;
@@ -102,6 +176,12 @@ class Backward {
 void accumulate_grad(const char* op, TensorImpl* t, const Tensor& grad, bool create_graph);
 
 namespace detail {
+void check_anomaly(const char* op, const Tensor& out, const Tensor* inputs, size_t n);
+void check_anomaly_grad(const Node& node, size_t i, const Tensor& grad);
+void explain_add(const Node& node, size_t i, const char* rule, const Tensor& grad, const Tensor& dout,
+                 const Tensor& out);
+void explain_visit(const TensorImpl* t, const Tensor& dout);
+void explain_fan_out(const TensorImpl* t, const char* op, const Tensor& grad);
 uint64_t next_seq();
 bool any_requires_grad(const Tensor* first, size_t n);
 void attach(const Tensor& out, Node* node, const char* name, const Tensor* first, size_t n);
@@ -109,16 +189,21 @@ void attach(const Tensor& out, Node* node, const char* name, const Tensor* first
 
 // Records `out` as made by op `name` from `inputs`, with `backward` as its gradient rule, when
 // grad mode is on and an input requires grad. Returns `out` either way.
+// `input_names` ("x W b") names the inputs in explain mode; by default "x" or "a b".
 template <class F>
-Tensor record(const char* name, Tensor out, std::initializer_list<Tensor> inputs, F&& backward) {
+Tensor record(const char* name, Tensor out, std::initializer_list<Tensor> inputs, F&& backward,
+              const char* input_names = nullptr) {
+  if (DetectAnomalyGuard::is_enabled()) detail::check_anomaly(name, out, inputs.begin(), inputs.size());
   if (!GradMode::is_enabled() || !detail::any_requires_grad(inputs.begin(), inputs.size())) return out;
-  detail::attach(out, new LambdaNode<std::decay_t<F>>(std::forward<F>(backward)), name,
-                 inputs.begin(), inputs.size());
+  auto* node = new LambdaNode<std::decay_t<F>>(std::forward<F>(backward));
+  node->input_names = input_names;
+  detail::attach(out, node, name, inputs.begin(), inputs.size());
   return out;
 }
 // The same with a runtime-sized input list (cat, stack).
 template <class F>
 Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, F&& backward) {
+  if (DetectAnomalyGuard::is_enabled()) detail::check_anomaly(name, out, inputs.data(), inputs.size());
   if (!GradMode::is_enabled() || !detail::any_requires_grad(inputs.data(), inputs.size())) return out;
   detail::attach(out, new LambdaNode<std::decay_t<F>>(std::forward<F>(backward)), name,
                  inputs.data(), inputs.size());

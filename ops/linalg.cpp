@@ -48,9 +48,15 @@ Tensor mm(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   });
   return record("matmul", out, {a, b}, [ta, tb](Backward& g) {
     const Tensor &A = g.input(0), &B = g.input(1), &dC = g.dout();
-    if (g.wants(0)) g.add(0, ta ? mm(B, dC, tb, true) : mm(dC, B, false, !tb));
-    if (g.wants(1)) g.add(1, tb ? mm(dC, A, true, ta) : mm(A, dC, !ta, false));
-  });
+    if (g.wants(0)) {
+      if (ta) g.add(0, mm(B, dC, tb, true), tb ? "dA += Bᵀ·doutᵀ" : "dA += B·doutᵀ");
+      else g.add(0, mm(dC, B, false, !tb), tb ? "dA += dout·B" : "dA += dout·Bᵀ");
+    }
+    if (g.wants(1)) {
+      if (tb) g.add(1, mm(dC, A, true, ta), ta ? "dB += doutᵀ·Aᵀ" : "dB += doutᵀ·A");
+      else g.add(1, mm(A, dC, !ta, false), ta ? "dB += A·dout" : "dB += Aᵀ·dout");
+    }
+  }, "A B");
 }
 
 // bmm: C[b] = A[b]·B[b] for 3-D operands      dA[b] = dC[b]·B[b]ᵀ      dB[b] = A[b]ᵀ·dC[b]
@@ -114,11 +120,15 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
   });
   auto backward = [](Backward& g) {
     const Tensor &x = g.input(0), &W = g.input(1), &dout = g.dout();
-    if (g.n_inputs() == 3 && g.wants(2)) g.add(2, sum(dout, 0));        // db += Σ_batch dout   [N] += Σ_B [B,N]
-    if (g.wants(1)) g.add(1, mm(x, dout, /*transpose_a=*/true, false));  // dW += xᵀ·dout       [K,N] += [K,B]·[B,N]
-    if (g.wants(0)) g.add(0, mm(dout, W, false, /*transpose_b=*/true));  // dx += dout·Wᵀ       [B,K] += [B,N]·[N,K]
+    // db += Σ_batch dout     [N] += Σ_B [B,N]
+    if (g.n_inputs() == 3 && g.wants(2)) g.add(2, sum(dout, 0), "db += Σ_batch dout");
+    // dW += xᵀ·dout          [K,N] += [K,B]·[B,N]
+    if (g.wants(1)) g.add(1, mm(x, dout, /*transpose_a=*/true, false), "dW += xᵀ·dout");
+    // dx += dout·Wᵀ          [B,K] += [B,N]·[N,K]
+    if (g.wants(0)) g.add(0, mm(dout, W, false, /*transpose_b=*/true), "dx += dout·Wᵀ");
   };
-  return b.defined() ? record("linear", out, {x, W, b}, backward) : record("linear", out, {x, W}, backward);
+  return b.defined() ? record("linear", out, {x, W, b}, backward, "x W b")
+                     : record("linear", out, {x, W}, backward, "x W");
 }
 
 }  // namespace tapegrad

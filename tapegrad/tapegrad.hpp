@@ -1,6 +1,8 @@
 #pragma once
 // tapegrad: reverse-mode automatic differentiation on n-dimensional tensors.
 // The one header users include.
+#include "../engine/check_layer.hpp"
+#include "../engine/function.hpp"
 #include "../engine/gradcheck.hpp"
 #include "../engine/interop.hpp"
 #include "../engine/node.hpp"

@@ -1,0 +1,206 @@
+// Seeing and checking the sweep: anomaly mode, hooks, explain mode.
+#include <cmath>
+#include <sstream>
+
+#include "dispatch.hpp"
+#include "node.hpp"
+
+namespace tapegrad {
+
+// ---- anomaly mode ----------------------------------------------------------------------------------
+namespace {
+thread_local bool anomaly_enabled = false;
+thread_local ExplainGuard* explain_current = nullptr;
+
+bool all_finite(const Tensor& t) {
+  if (t.dtype() == kInt64) return true;
+  return dispatch("anomaly", t.dtype(), [&]<class T>() {
+    const T* p = t.data_ptr<T>();
+    for (size_t i = 0, n = t.numel(); i < n; ++i)
+      if (!std::isfinite(p[i])) return false;
+    return true;
+  });
+}
+
+double norm_of(const Tensor& t) {
+  double s = 0;
+  for (double v : t.to_vector()) s += v * v;
+  return std::sqrt(s);
+}
+}  // namespace
+
+DetectAnomalyGuard::DetectAnomalyGuard() : prev_(anomaly_enabled) { anomaly_enabled = true; }
+DetectAnomalyGuard::~DetectAnomalyGuard() { anomaly_enabled = prev_; }
+bool DetectAnomalyGuard::is_enabled() { return anomaly_enabled; }
+
+namespace detail {
+void check_anomaly(const char* op, const Tensor& out, const Tensor* inputs, size_t n) {
+  if (all_finite(out)) return;
+  std::ostringstream os;
+  os << "anomaly: " << op << " produced NaN or Inf in its output " << out.shape() << " from inputs";
+  for (size_t i = 0; i < n; ++i) os << (i ? ", " : " ") << inputs[i].shape();
+  os << " (op number " << next_seq() << " on the tape)";
+  throw Error(os.str());
+}
+
+void check_anomaly_grad(const Node& node, size_t i, const Tensor& grad) {
+  if (all_finite(grad)) return;
+  std::ostringstream os;
+  os << "anomaly: backward of " << node.name << " (op number " << node.seq << ", inputs";
+  for (size_t k = 0; k < node.n_inputs; ++k) os << (k ? ", " : " ") << node.inputs[k].input.shape();
+  os << ") produced NaN or Inf in the gradient of input " << i << " " << grad.shape();
+  throw Error(os.str());
+}
+}  // namespace detail
+
+// ---- hooks -------------------------------------------------------------------------------------------
+namespace {
+std::atomic<uint64_t> hook_ids{0};
+TensorExtras& extras_of(const Tensor& t) {
+  TensorImpl* p = t.impl();
+  if (!p) fail("register_hook: undefined tensor");
+  if (!p->extras) p->extras = new TensorExtras;
+  return *p->extras;
+}
+template <class V>
+void erase_id(V& v, uint64_t id) {
+  for (auto it = v.begin(); it != v.end(); ++it)
+    if (it->first == id) {
+      v.erase(it);
+      return;
+    }
+}
+}  // namespace
+
+HookHandle register_hook(const Tensor& t, GradHook hook) {
+  if (!t.requires_grad()) fail("register_hook: tensor of shape ", t.shape(), " does not require grad");
+  uint64_t id = ++hook_ids;
+  extras_of(t).hooks.emplace_back(id, std::move(hook));
+  return HookHandle(t, id);
+}
+
+HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateHook hook) {
+  if (!leaf.requires_grad() || !leaf.is_leaf())
+    fail("register_post_accumulate_grad_hook: needs a leaf that requires grad (shape ", leaf.shape(), ")");
+  uint64_t id = ++hook_ids;
+  extras_of(leaf).post_hooks.emplace_back(id, std::move(hook));
+  return HookHandle(leaf, id);
+}
+
+void HookHandle::remove() {
+  if (!t_.defined() || !t_.impl()->extras) return;
+  erase_id(t_.impl()->extras->hooks, id_);
+  erase_id(t_.impl()->extras->post_hooks, id_);
+  t_ = Tensor();
+}
+
+// ---- explain mode ------------------------------------------------------------------------------------
+ExplainGuard::ExplainGuard() : prev_(explain_current) { explain_current = this; }
+ExplainGuard::~ExplainGuard() { explain_current = prev_; }
+ExplainGuard* ExplainGuard::current() { return explain_current; }
+
+std::string ExplainGuard::text() const {
+  std::string s;
+  for (const auto& l : lines_) s += l + "\n";
+  return s;
+}
+
+ExplainNode& ExplainGuard::node_for(const TensorImpl* t, const char* op) {
+  for (auto& [p, i] : index_)
+    if (p == t) return nodes[i];
+  ExplainNode n;
+  n.id = t->node ? t->node->seq : 1000000000000ull + ++next_leaf_id_;
+  n.op = op;
+  n.shape = t->shape;
+  index_.emplace_back(t, nodes.size());
+  nodes.push_back(n);
+  return nodes.back();
+}
+
+std::string ExplainGuard::dot() const {
+  std::ostringstream os;
+  os << "digraph backward {\n  rankdir=BT;\n  node [fontname=\"monospace\"];\n";
+  for (const auto& n : nodes) {
+    os << "  n" << n.id << " [shape=" << (n.op.empty() ? "box" : "ellipse") << ", label=\""
+       << (n.op.empty() ? "leaf" : n.op) << "\\n" << n.shape << "\\n|grad|=" << n.grad_norm << "\"];\n";
+    for (uint64_t in : n.inputs) os << "  n" << in << " -> n" << n.id << ";\n";
+  }
+  os << "}\n";
+  return os.str();
+}
+
+namespace detail {
+
+// "dW += xᵀ·dout" with x:[4,3], dout:[4,2] → "[3,2] += [3,4]·[4,2]": every symbol that names an
+// input, its gradient, dout or y is replaced by its shape (transposed when followed by ᵀ).
+std::string rule_shapes(const Node& node, size_t i, const char* rule, const Tensor& grad, const Tensor& dout,
+                        const Tensor& out) {
+  std::vector<std::string> names;
+  std::istringstream ns(node.input_names ? node.input_names : (node.n_inputs == 1 ? "x" : "a b"));
+  for (std::string w; ns >> w;) names.push_back(w);
+  auto shape_of = [&](const std::string& tok, bool& found) -> Shape {
+    found = true;
+    if (tok == "dout" || tok == "dy") return dout.shape();
+    if (tok == "y" || tok == "out") return out.shape();
+    for (size_t k = 0; k < names.size() && k < node.n_inputs; ++k) {
+      if (tok == names[k]) return node.inputs[k].input.shape();
+      if (tok == "d" + names[k]) return k == i ? grad.shape() : node.inputs[k].input.shape();
+    }
+    found = false;
+    return {};
+  };
+  static const std::string T = "ᵀ";
+  std::string s(rule), res;
+  for (size_t p = 0; p < s.size();) {
+    if (std::isalpha(static_cast<unsigned char>(s[p])) || s[p] == '_') {
+      size_t q = p;
+      while (q < s.size() && (std::isalnum(static_cast<unsigned char>(s[q])) || s[q] == '_')) ++q;
+      std::string tok = s.substr(p, q - p);
+      bool found;
+      Shape sh = shape_of(tok, found);
+      if (found && s.compare(q, T.size(), T) == 0 && sh.rank() >= 2) {
+        std::swap(sh[sh.rank() - 1], sh[sh.rank() - 2]);
+        q += T.size();
+      }
+      res += found ? sh.str() : tok;
+      p = q;
+    } else {
+      res += s[p++];
+    }
+  }
+  return res;
+}
+
+void explain_add(const Node& node, size_t i, const char* rule, const Tensor& grad, const Tensor& dout,
+                 const Tensor& out) {
+  ExplainGuard* ex = explain_current;
+  std::string line = std::string("  ") + node.name + ": ";
+  line += rule ? std::string(rule) + "   " + rule_shapes(node, i, rule, grad, dout, out)
+               : "d(input " + std::to_string(i) + ") += " + grad.shape().str();
+  ex->add_line(line);
+}
+
+void explain_visit(const TensorImpl* t, const Tensor& dout) {
+  ExplainGuard* ex = explain_current;
+  ExplainNode& n = ex->node_for(t, t->node ? t->node->name : "");
+  n.grad_norm = norm_of(dout);
+  std::ostringstream os;
+  os << "#" << (t->node ? t->node->seq : n.id) << " " << (t->node ? t->node->name : "leaf") << " " << t->shape
+     << "   |dout| = " << n.grad_norm;
+  ex->add_line(os.str());
+  if (t->node)
+    for (uint32_t k = 0; k < t->node->n_inputs; ++k) {
+      const TensorImpl* in = t->node->inputs[k].input.impl();
+      if (in->has(TensorImpl::kRequiresGrad)) n.inputs.push_back(ex->node_for(in, in->node ? in->node->name : "").id);
+    }
+}
+
+void explain_fan_out(const TensorImpl* t, const char* op, const Tensor& grad) {
+  std::ostringstream os;
+  os << "  fan-out: " << (t->node ? t->node->name : "leaf") << " " << t->shape << " already has a gradient; += "
+     << grad.shape() << " from " << op;
+  explain_current->add_line(os.str());
+}
+
+}  // namespace detail
+}  // namespace tapegrad
