@@ -1,0 +1,297 @@
+// bench_tapegrad: tapegrad's implementation of workloads W1–W5 as defined in
+// /work/shared/peers/WORKLOADS.md (deterministic data, check values, one output line per workload:
+// `<ID> <name> threads=<n> key=value ...`). A wrong check value or a crashed W4 child makes the run
+// exit non-zero. Uses only the public API, like a user's program.
+//
+// Usage: bench_tapegrad [--threads N] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S]
+//                       [--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd]
+// Threads: tapegrad::set_num_threads(N) (which sets OpenBLAS's count); run with
+// OPENBLAS_NUM_THREADS=N in the environment too (scripts/bench does).
+#include <tapegrad/tapegrad.hpp>
+
+#include "common.hpp"
+
+namespace tg = tapegrad;
+using bench::clk;
+using bench::ms_between;
+using bench::stats;
+using bench::Stats;
+using tg::Tensor;
+
+namespace {
+
+bench::Options g_opt;
+
+Tensor uniform(const tg::Shape& shape, uint64_t stream, double lo, double hi, bool requires_grad = false) {
+  Tensor t = tg::empty(shape);
+  bench::fill_uniform(t.data_ptr<float>(), t.numel(), stream, lo, hi);
+  if (requires_grad) t.requires_grad_(true);
+  return t;
+}
+Tensor labels(const tg::Shape& shape, uint64_t stream, int64_t classes) {
+  Tensor t = tg::empty(shape, tg::kInt64);
+  bench::fill_labels(t.data_ptr<int64_t>(), t.numel(), stream, classes);
+  return t;
+}
+
+// Plain SGD written on the public API: p ← p − lr·p.grad, in place, not recorded.
+void sgd_step(const std::vector<Tensor>& params, float lr) {
+  tg::NoGradGuard no_grad;
+  for (const Tensor& p : params) {
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    float* d = p.data_ptr<float>();
+    const float* gd = g.data_ptr<float>();
+    for (size_t i = 0, n = p.numel(); i < n; ++i) d[i] -= lr * gd[i];
+    p.bump_version();
+  }
+}
+void zero_grads(std::vector<Tensor>& params) {
+  for (Tensor& p : params) p.zero_grad();
+}
+
+// ================================================================ W1 op-overhead
+void run_w1() {
+  const int kIters = 10000;
+  const double kOps = 3.0 * kIters;  // mul, add, tanh per iteration; the final sum is not counted
+  Tensor a = uniform({16}, 11, -0.5, 0.5, true);
+  Tensor b = uniform({16}, 12, -0.5, 0.5, true);
+  Tensor x0 = uniform({16}, 13, -1.0, 1.0);
+  std::vector<double> fwd, bwd, fre, tot;
+  double loss_v = 0;
+  long flt0 = 0;
+  for (int r = 0; r < g_opt.w1_warm + g_opt.w1_reps; ++r) {
+    if (r == g_opt.w1_warm) flt0 = bench::minflt_self();
+    a.zero_grad();
+    b.zero_grad();
+    auto t0 = clk::now();
+    Tensor loss;
+    {
+      Tensor y = x0;
+      for (int i = 0; i < kIters; ++i) y = tg::tanh(tg::add(tg::mul(y, a), b));
+      loss = tg::sum(y);
+    }
+    auto t1 = clk::now();
+    loss.backward();
+    auto t2 = clk::now();
+    loss_v = loss.item();  // not timed
+    auto t2b = clk::now();
+    loss = Tensor();  // drops the last reference to the recorded graph
+    auto t3 = clk::now();
+    if (r >= g_opt.w1_warm) {
+      double f = ms_between(t0, t1), bw = ms_between(t1, t2), fr = ms_between(t2b, t3);
+      fwd.push_back(f * 1e6 / kOps);
+      bwd.push_back(bw * 1e6 / kOps);
+      fre.push_back(fr * 1e6 / kOps);
+      tot.push_back((f + bw + fr) * 1e6 / kOps);
+    }
+  }
+  double flt_per_rep = double(bench::minflt_self() - flt0) / double(g_opt.w1_reps);
+  double ga0 = a.grad().to_vector()[0], gb0 = b.grad().to_vector()[0];
+  bool ok = bench::check("W1", "loss", loss_v, -0.538822, 1e-4);
+  ok &= bench::check("W1", "a.grad[0]", ga0, -0.0327919, 1e-4);
+  ok &= bench::check("W1", "b.grad[0]", gb0, 1.54235, 1e-4);
+  Stats f = stats(fwd), bw = stats(bwd), fr = stats(fre), t = stats(tot);
+  std::printf(
+      "W1 op_overhead threads=%d reps=%zu ops=%d fwd_ns_per_op_median=%.1f fwd_ns_per_op_min=%.1f "
+      "bwd_ns_per_op_median=%.1f bwd_ns_per_op_min=%.1f free_ns_per_op_median=%.1f free_ns_per_op_min=%.1f "
+      "total_ns_per_op_median=%.1f total_ns_per_op_min=%.1f minflt_per_rep=%.0f check_loss=%.6g check_grad_a0=%.6g "
+      "check_grad_b0=%.6g check=%s\n",
+      g_opt.threads, tot.size(), int(kOps), f.median, f.min, bw.median, bw.min, fr.median, fr.min, t.median, t.min,
+      flt_per_rep, loss_v, ga0, gb0, ok ? "ok" : "FAIL");
+  std::fflush(stdout);
+}
+
+// ================================================================ W2 / W3 MLP training step
+void run_mlp(const char* id, const char* name, const std::vector<size_t>& dims, size_t batch, uint64_t sbase,
+             int warm, int steps, double want_loss) {
+  const size_t L = dims.size() - 1;
+  std::vector<Tensor> W(L), bias(L), params;
+  for (size_t l = 0; l < L; ++l) {
+    size_t in = dims[l], out = dims[l + 1];
+    double r = 1.0 / std::sqrt(double(in));
+    W[l] = uniform({in, out}, sbase + 2 * l + 1, -r, r, true);  // [in, out]: y = x·W + b
+    bias[l] = uniform({out}, sbase + 2 * l + 2, -r, r, true);
+    params.push_back(W[l]);
+    params.push_back(bias[l]);
+  }
+  Tensor X = uniform({batch, dims[0]}, sbase + 8, 0.0, 1.0);
+  Tensor y = labels({batch}, sbase + 9, int64_t(dims.back()));
+
+  std::vector<double> tz, tf, tb, to, tr, tt;
+  double loss_first = 0, loss_last = 0;
+  long flt0 = 0;
+  for (int s = 0; s < warm + steps; ++s) {
+    if (s == warm) flt0 = bench::minflt_self();
+    auto t0 = clk::now(), t1 = t0, t2 = t0, t3 = t0, t4 = t0, t4b = t0;
+    {
+      zero_grads(params);
+      t1 = clk::now();
+      Tensor h = X;
+      for (size_t l = 0; l < L; ++l) {
+        h = tg::linear(h, W[l], bias[l]);
+        if (l + 1 < L) h = tg::relu(h);
+      }
+      Tensor loss = tg::cross_entropy(h, y);  // mean over the batch
+      t2 = clk::now();
+      loss.backward();
+      t3 = clk::now();
+      sgd_step(params, 0.01f);
+      t4 = clk::now();
+      double lv = loss.item();  // not timed
+      if (s == 0) loss_first = lv;
+      loss_last = lv;
+      t4b = clk::now();
+    }  // the step's graph is released here (timed as "release")
+    auto t5 = clk::now();
+    if (s >= warm) {
+      tz.push_back(ms_between(t0, t1));
+      tf.push_back(ms_between(t1, t2));
+      tb.push_back(ms_between(t2, t3));
+      to.push_back(ms_between(t3, t4));
+      tr.push_back(ms_between(t4b, t5));
+      tt.push_back(ms_between(t0, t4) + ms_between(t4b, t5));
+    }
+  }
+  double flt = double(bench::minflt_self() - flt0) / double(steps);
+  bool ok = bench::check(id, "first-step loss", loss_first, want_loss, 1e-4);
+  Stats T = stats(tt);
+  std::printf(
+      "%s %s threads=%d steps=%zu median_ms=%.3f min_ms=%.3f zero_median_ms=%.3f fwd_median_ms=%.3f "
+      "bwd_median_ms=%.3f opt_median_ms=%.3f release_median_ms=%.3f minflt_per_step=%.1f loss_first=%.6f "
+      "loss_last=%.6f check=%s\n",
+      id, name, g_opt.threads, tt.size(), T.median, T.min, stats(tz).median, stats(tf).median, stats(tb).median,
+      stats(to).median, stats(tr).median, flt, loss_first, loss_last, ok ? "ok" : "FAIL");
+  std::fflush(stdout);
+}
+
+// ================================================================ W5 Elman RNN training step
+void run_w5() {
+  const size_t T = 64, B = 32, V = 64, H = 128;
+  double r = 1.0 / std::sqrt(double(H));
+  Tensor Wxh = uniform({V, H}, 51, -r, r, true);
+  Tensor Whh = uniform({H, H}, 52, -r, r, true);
+  Tensor bh = uniform({H}, 53, -r, r, true);
+  Tensor Why = uniform({H, V}, 54, -r, r, true);
+  std::vector<Tensor> params = {Wxh, Whh, bh, Why};
+  std::vector<int64_t> tokens(T * B), targets(T * B);
+  bench::fill_labels(tokens.data(), tokens.size(), 55, int64_t(V));
+  bench::fill_labels(targets.data(), targets.size(), 56, int64_t(V));
+  std::vector<Tensor> tok(T), tgt(T);
+  for (size_t t = 0; t < T; ++t) {
+    tok[t] = tg::from_indices({tokens.begin() + t * B, tokens.begin() + (t + 1) * B}, {B});
+    tgt[t] = tg::from_indices({targets.begin() + t * B, targets.begin() + (t + 1) * B}, {B});
+  }
+  Tensor h0 = tg::zeros({B, H});
+
+  std::vector<double> tf, tb, tt;
+  double loss_first = 0, loss_last = 0;
+  long flt0 = 0;
+  for (int s = 0; s < g_opt.w5_warm + g_opt.w5_steps; ++s) {
+    if (s == g_opt.w5_warm) flt0 = bench::minflt_self();
+    auto t0 = clk::now(), t2 = t0, t3 = t0, t4 = t0, t4b = t0;
+    {
+      zero_grads(params);
+      Tensor h = h0, total;
+      for (size_t t = 0; t < T; ++t) {
+        Tensor e = tg::index_select(Wxh, 0, tok[t]);  // == onehot(x_t)·Wxh
+        Tensor pre = tg::add(e, tg::matmul(h, Whh));
+        pre = tg::add(pre, bh);
+        h = tg::tanh(pre);
+        Tensor logits = tg::matmul(h, Why);
+        Tensor lt = tg::nll_loss(tg::log_softmax(logits, 1), tgt[t]);  // mean over the batch
+        total = t == 0 ? lt : tg::add(total, lt);
+      }
+      Tensor loss = total / double(T);
+      t2 = clk::now();
+      loss.backward();
+      t3 = clk::now();
+      sgd_step(params, 0.01f);
+      t4 = clk::now();
+      double lv = loss.item();
+      if (s == 0) loss_first = lv;
+      loss_last = lv;
+      t4b = clk::now();
+    }
+    auto t5 = clk::now();
+    if (s >= g_opt.w5_warm) {
+      tf.push_back(ms_between(t0, t2));
+      tb.push_back(ms_between(t2, t3));
+      tt.push_back(ms_between(t0, t4) + ms_between(t4b, t5));
+    }
+  }
+  double flt = double(bench::minflt_self() - flt0) / double(g_opt.w5_steps);
+  bool ok = bench::check("W5", "first-step loss", loss_first, 4.158030, 1e-4);
+  Stats S = stats(tt);
+  std::printf(
+      "W5 rnn_step threads=%d steps=%zu median_ms=%.3f min_ms=%.3f zero_fwd_median_ms=%.3f bwd_median_ms=%.3f "
+      "minflt_per_step=%.1f loss_first=%.6f loss_last=%.6f check=%s\n",
+      g_opt.threads, tt.size(), S.median, S.min, stats(tf).median, stats(tb).median, flt, loss_first, loss_last,
+      ok ? "ok" : "FAIL");
+  std::fflush(stdout);
+}
+
+// ================================================================ W4 deep chain (child side)
+int w4_child(bool do_backward) {
+  const int kIters = 500000;  // two recorded ops each -> 1,000,000 ops
+  long hwm0 = bench::proc_status_kb("VmHWM"), rss0 = bench::proc_status_kb("VmRSS");
+  Tensor w = tg::full({1}, 0.9999, tg::requires_grad());
+  Tensor y = tg::ones({1});
+  auto t0 = clk::now();
+  for (int i = 0; i < kIters; ++i) {
+    y = y * w;
+    y = y + 0.0001;  // a constant operand, as a user writes it
+  }
+  Tensor loss = tg::sum(y);
+  auto t1 = clk::now();
+  long rss_fwd = bench::proc_status_kb("VmRSS");
+  double yv = loss.item();
+  auto t1c = clk::now();
+  if (do_backward) loss.backward();
+  auto t2 = clk::now();
+  double gw = do_backward ? w.grad().item() : 0.0;
+  auto t2b = clk::now();
+  loss = Tensor();
+  y = Tensor();  // the last reference to the graph
+  auto t3 = clk::now();
+  bench::print_w4_child(ms_between(t0, t1), ms_between(t1c, t2), ms_between(t2b, t3), hwm0, rss0, rss_fwd, yv, gw);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  g_opt = bench::parse_args(argc, argv);
+  tg::set_num_threads(g_opt.threads);
+  if (g_opt.w4_child >= 0) return w4_child(g_opt.w4_child == 1);
+
+  const char* ob_env = std::getenv("OPENBLAS_NUM_THREADS");
+  std::printf("INFO engine=tapegrad threads=%d openblas_threads=%d OPENBLAS_NUM_THREADS=%s\n", g_opt.threads,
+              tg::get_num_threads(), ob_env ? ob_env : "unset");
+  if (!ob_env || std::atoi(ob_env) != g_opt.threads)
+    std::fprintf(stderr, "note: set OPENBLAS_NUM_THREADS=%d in the environment too (WORKLOADS.md, threads)\n",
+                 g_opt.threads);
+  std::fflush(stdout);
+
+  // Each workload on its own: an error in one (e.g. an op throwing) fails the run but not the others.
+  auto guarded = [](const char* id, auto&& fn) {
+    if (!g_opt.selected(id)) return;
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      bench::fail_run(id, e.what());
+    }
+  };
+  guarded("W1", [] { run_w1(); });
+  guarded("W2", [] { run_mlp("W2", "mlp_step", {784, 512, 256, 10}, 128, 20, g_opt.w2_warm, g_opt.w2_steps, 2.289553); });
+  guarded("W3", [] {
+    run_mlp("W3", "wide_mlp_step", {2048, 2048, 2048, 10}, 512, 30, g_opt.w3_warm, g_opt.w3_steps, 2.303267);
+  });
+  guarded("W5", [] { run_w5(); });
+  guarded("W4", [] {
+    bench::run_w4_parent("W4", "deep_chain", g_opt.threads, g_opt.w4_reps, true, g_opt.child_args(true));
+    if (g_opt.w4_nobwd)
+      bench::run_w4_parent("W4b", "deep_chain_nobwd", g_opt.threads, g_opt.w4_reps, false, g_opt.child_args(false));
+  });
+  return bench::g_failed ? 1 : 0;
+}
