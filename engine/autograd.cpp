@@ -212,7 +212,12 @@ struct Sweep {
         if (!capture_inputs && p->has(TensorImpl::kRetainGrad)) accumulate_into_leaf(p, dout, create_graph);
         Tensor out(Ref<TensorImpl>::share(p));
         Backward g(*p->node, out, dout, create_graph);
-        p->node->backward(g);
+        if (DetectAnomalyGuard::is_enabled()) {
+          detail::BackwardScope scope(p->node);
+          p->node->backward(g);
+        } else {
+          p->node->backward(g);
+        }
       }
       if (!retain_graph) {  // free what the forward saved, as soon as it is no longer needed
         delete p->node;

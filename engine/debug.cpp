@@ -11,6 +11,7 @@ namespace tapegrad {
 namespace {
 thread_local bool anomaly_enabled = false;
 thread_local ExplainGuard* explain_current = nullptr;
+thread_local const Node* backward_running = nullptr;  // the node whose backward is running
 
 bool all_finite(const Tensor& t) {
   if (t.dtype() == kInt64) return true;
@@ -34,12 +35,17 @@ DetectAnomalyGuard::~DetectAnomalyGuard() { anomaly_enabled = prev_; }
 bool DetectAnomalyGuard::is_enabled() { return anomaly_enabled; }
 
 namespace detail {
+BackwardScope::BackwardScope(const Node* n) : prev_(backward_running) { backward_running = n; }
+BackwardScope::~BackwardScope() { backward_running = prev_; }
+
 void check_anomaly(const char* op, const Tensor& out, const Tensor* inputs, size_t n) {
   if (all_finite(out)) return;
   std::ostringstream os;
   os << "anomaly: " << op << " produced NaN or Inf in its output " << out.shape() << " from inputs";
   for (size_t i = 0; i < n; ++i) os << (i ? ", " : " ") << inputs[i].shape();
   os << " (op number " << next_seq() << " on the tape)";
+  if (backward_running)
+    os << " during the backward of " << backward_running->name << " (op number " << backward_running->seq << ")";
   throw Error(os.str());
 }
 

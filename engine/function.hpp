@@ -60,7 +60,7 @@ struct Function {
       NoGradGuard no_grad;
       out = Derived::forward(*ctx, std::forward<Args>(args)...);
     }
-    if (!out.defined()) fail(name(), ": forward returned an undefined tensor");
+    if (!out.defined()) fail(function_name(), ": forward returned an undefined tensor");
     if (ctx->non_differentiable_) return out;
     // The output must be a tensor of its own to carry the node (not an input returned as is).
     for (const Tensor& t : inputs)
@@ -74,18 +74,18 @@ struct Function {
         ctx->saved_output_.push_back(static_cast<int>(i));
         ctx->saved_[i] = Tensor();
       }
-    return record(name(), out, inputs, [ctx](Backward& g) {
+    return record(function_name(), out, inputs, [ctx](Backward& g) {
       for (int i : ctx->saved_output_) ctx->saved_[static_cast<size_t>(i)] = g.out();
       std::vector<Tensor> grads = Derived::backward(*ctx, g.dout());
       for (int i : ctx->saved_output_) ctx->saved_[static_cast<size_t>(i)] = Tensor();
       if (grads.size() != g.n_inputs())
-        fail(name(), ": backward returned ", grads.size(), " gradients for ", g.n_inputs(), " tensor inputs");
+        fail(function_name(), ": backward returned ", grads.size(), " gradients for ", g.n_inputs(), " tensor inputs");
       for (size_t i = 0; i < grads.size(); ++i)
         if (grads[i].defined() && g.wants(i)) g.add(i, grads[i]);
     });
   }
 
-  static const char* name() {
+  static const char* function_name() {
     if constexpr (requires { Derived::name; }) return Derived::name;
     else return "custom_function";
   }
@@ -94,7 +94,7 @@ struct Function {
   template <class A>
   static void collect(std::vector<Tensor>& inputs, const A& a) {
     if constexpr (std::is_same_v<std::decay_t<A>, Tensor>) {
-      if (!a.defined()) fail(name(), ": tensor argument ", inputs.size(), " is undefined");
+      if (!a.defined()) fail(function_name(), ": tensor argument ", inputs.size(), " is undefined");
       inputs.push_back(a);
     }
   }

@@ -178,6 +178,12 @@ void accumulate_grad(const char* op, TensorImpl* t, const Tensor& grad, bool cre
 namespace detail {
 void check_anomaly(const char* op, const Tensor& out, const Tensor* inputs, size_t n);
 void check_anomaly_grad(const Node& node, size_t i, const Tensor& grad);
+// Marks the node whose backward is running (anomaly messages name it).
+struct BackwardScope {
+  explicit BackwardScope(const Node* n);
+  ~BackwardScope();
+  const Node* prev_;
+};
 void explain_add(const Node& node, size_t i, const char* rule, const Tensor& grad, const Tensor& dout,
                  const Tensor& out);
 void explain_visit(const TensorImpl* t, const Tensor& dout);

@@ -117,8 +117,8 @@ Tensor Tensor::grad() const {
   if (!is_leaf() && !p->has(TensorImpl::kRetainGrad) && !p->grad) {
     static thread_local bool warned = false;
     if (!warned)
-      std::cerr << "tapegrad warning: grad() of a non-leaf tensor (made by " << op_name()
-                << ") is undefined; call retain_grad() on it before backward() to keep it\n";
+      std::cerr << "tapegrad warning: grad() of a non-leaf tensor of shape " << p->shape
+                << " is undefined; call retain_grad() on it before backward() to keep it\n";
     warned = true;
   }
   return Tensor(p->grad);

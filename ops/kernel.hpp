@@ -76,9 +76,25 @@ void sum_axes(const Tensor& x, const Tensor& out, const std::vector<size_t>& axe
       for (size_t j = 0; j < inner; ++j) acc += src[i * inner + j];
       dst[i] = acc;
     }
-  } else {
-    xt::xarray<T> r = xt::sum(nd<T>(x), axes, xt::evaluation_strategy::immediate);
-    std::copy(r.begin(), r.end(), dst);
+  } else {  // general case: walk x in row-major order, adding into the kept position
+    const Shape& s = x.shape();
+    size_t out_stride[Shape::kMaxRank] = {}, idx[Shape::kMaxRank] = {};
+    for (size_t d = rank, stride = 1; d-- > 0;) {
+      bool reduced = std::find(axes.begin(), axes.end(), d) != axes.end();
+      out_stride[d] = reduced ? 0 : stride;
+      if (!reduced) stride *= s[d];
+    }
+    std::fill(dst, dst + n_out, T(0));
+    size_t o = 0;
+    for (size_t i = 0, n = x.numel(); i < n; ++i) {
+      dst[o] += src[i];
+      for (size_t d = rank; d-- > 0;) {  // odometer increment of idx, keeping o in step
+        o += out_stride[d];
+        if (++idx[d] < s[d]) break;
+        o -= out_stride[d] * s[d];
+        idx[d] = 0;
+      }
+    }
   }
 }
 
