@@ -5,7 +5,7 @@
 #include <cmath>
 #include <sstream>
 
-#include "../ops/ops.hpp"
+#include <tapegrad/tapegrad.hpp>
 
 namespace tapegrad::nn {
 

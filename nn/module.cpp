@@ -3,7 +3,7 @@
 
 #include <sstream>
 
-#include "../ops/ops.hpp"
+#include <tapegrad/tapegrad.hpp>
 
 namespace tapegrad::nn {
 

@@ -7,8 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "../engine/node.hpp"
-#include "../engine/tensor.hpp"
+#include <tapegrad/tapegrad.hpp>
 
 namespace tapegrad::nn {
 

@@ -3,4 +3,4 @@
 #include "layers.hpp"
 #include "module.hpp"
 #include "serialize.hpp"
-#include "../optim/optim.hpp"
+#include "../optim/optim.hpp"  // (optim/ sits beside nn/)

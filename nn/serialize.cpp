@@ -10,7 +10,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "../engine/node.hpp"
+#include <tapegrad/tapegrad.hpp>
 
 namespace tapegrad::nn {
 

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <numbers>
 
-#include "../engine/node.hpp"
+#include <tapegrad/tapegrad.hpp>
 
 namespace tapegrad::optim {
 

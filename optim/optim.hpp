@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "../engine/tensor.hpp"
+#include <tapegrad/tapegrad.hpp>
 
 namespace tapegrad::optim {
 
