@@ -1,6 +1,14 @@
 // Shape ops. reshape/view/flatten/squeeze/unsqueeze return views that share x's data; their
-// backward reshapes the gradient back.
+// backward reshapes the gradient back. The others (transpose, permute, narrow, slice, select,
+// cat, stack, index_select, clone) make contiguous copies; all but permute go through one
+// row-copy kernel, `move_rows`, that sees a tensor around one dim as [outer, n, inner].
+// Their backwards are ops too (slice_backward pads into zeros, index_add scatter-adds), so
+// gradients of gradients work.
 #include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstring>
+#include <string>
 
 #include "kernel.hpp"
 
@@ -76,6 +84,317 @@ Tensor unsqueeze(const Tensor& x, int64_t dim) {
   Shape s = x.shape();
   s.insert(d, 1);
   return as_shape("unsqueeze", x, s);
+}
+
+// ---- copies: transpose, permute, narrow, slice, select, cat, stack, index_select, clone ------------
+namespace {
+
+void check_defined(const char* op, const Tensor& x) {
+  if (!x.defined()) fail(op, ": undefined tensor");
+}
+
+// Product of s[from..to): with a dim d, outer = extent(s, 0, d), inner = extent(s, d + 1, rank).
+size_t extent(const Shape& s, size_t from, size_t to) {
+  size_t n = 1;
+  for (size_t i = from; i < to; ++i) n *= s[i];
+  return n;
+}
+
+std::string dims_str(const std::vector<int64_t>& dims) {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(dims[i]);
+  }
+  return s + ']';
+}
+
+const auto same_row = [](size_t i) { return i; };
+
+// The one copy kernel. src is seen as [outer, src_n, inner] and dst as [outer, dst_n, inner]
+// (inner counted in elements of T); for every o < outer and i < count, row src_row(i) of src
+// block o is copied (Add: added) into row dst_row(i) of dst block o.
+template <bool Add, class T, class SrcRow, class DstRow>
+void move_rows(const T* src, size_t src_n, T* dst, size_t dst_n, size_t outer, size_t inner, size_t count,
+               SrcRow src_row, DstRow dst_row) {
+  for (size_t o = 0; o < outer; ++o) {
+    const T* s = src + o * src_n * inner;
+    T* d = dst + o * dst_n * inner;
+    for (size_t i = 0; i < count; ++i) {
+      const T* from = s + src_row(i) * inner;
+      T* to = d + dst_row(i) * inner;
+      if constexpr (Add) {
+        for (size_t k = 0; k < inner; ++k) to[k] += from[k];
+      } else {
+        std::memcpy(to, from, inner * sizeof(T));
+      }
+    }
+  }
+}
+
+// The same for tensors of any dtype (a row is inner·element-size bytes).
+template <class SrcRow, class DstRow>
+void copy_rows(const Tensor& src, size_t src_n, const Tensor& dst, size_t dst_n, size_t outer, size_t inner,
+               size_t count, SrcRow src_row, DstRow dst_row) {
+  size_t elem = dtype_size(src.dtype());
+  move_rows<false>(static_cast<const std::byte*>(src.impl()->data), src_n, static_cast<std::byte*>(dst.impl()->data),
+                   dst_n, outer, inner * elem, count, src_row, dst_row);
+}
+
+Tensor slice_rows(const char* op, const Tensor& x, size_t d, size_t start, size_t count, size_t step);
+
+// slice_backward: y = zeros(shape); y[.., start + i·step, ..] = x[.., i, ..] along dim d
+//   dx = slice(dy, d, start, count, step)      (the rows it was placed at)
+Tensor slice_backward(const Tensor& x, const Shape& shape, size_t d, size_t start, size_t step) {
+  check_float("slice_backward", x);
+  size_t count = x.shape()[d];
+  Tensor out = zeros(shape, x.dtype());
+  copy_rows(x, count, out, shape[d], extent(shape, 0, d), extent(shape, d + 1, shape.rank()), count, same_row,
+            [=](size_t i) { return start + i * step; });
+  return record("slice_backward", out, {x}, [d, start, count, step](Backward& g) {
+    g.add(0, slice_rows("slice", g.dout(), d, start, count, step));
+  });
+}
+
+// slice: y = x[.., start : start + count·step : step, ..] along dim d (checked by the caller)
+//   dx = slice_backward(dy): dy placed back at those rows of zeros
+Tensor slice_rows(const char* op, const Tensor& x, size_t d, size_t start, size_t count, size_t step) {
+  const Shape& s = x.shape();
+  Shape os = s;
+  os[d] = count;
+  Tensor out = empty_out(x.dtype(), os);
+  copy_rows(x, s[d], out, count, extent(s, 0, d), extent(s, d + 1, s.rank()), count,
+            [=](size_t i) { return start + i * step; }, same_row);
+  Shape in_shape = s;
+  return record(op, out, {x}, [in_shape, d, start, step](Backward& g) {
+    g.add(0, slice_backward(g.dout(), in_shape, d, start, step));
+  });
+}
+
+// index_add: y = zeros(shape); y[.., index[i], ..] += x[.., i, ..] along dim d (repeats add up)
+//   dx = index_select(dy, d, index)
+Tensor index_add(const Tensor& x, const Shape& shape, size_t d, const Tensor& index) {
+  check_float("index_add", x);
+  const int64_t* idx = index.data_ptr<int64_t>();
+  size_t m = index.numel();
+  Tensor out = zeros(shape, x.dtype());
+  dispatch("index_add", x.dtype(), [&]<class T>() {
+    move_rows<true>(x.data_ptr<T>(), m, out.data_ptr<T>(), shape[d], extent(shape, 0, d),
+                    extent(shape, d + 1, shape.rank()), m, same_row, [idx](size_t i) { return static_cast<size_t>(idx[i]); });
+  });
+  return record("index_add", out, {x, index}, [d](Backward& g) {
+    g.add(0, index_select(g.dout(), static_cast<int64_t>(d), g.input(1)));
+  });
+}
+
+using Perm = std::array<size_t, Shape::kMaxRank>;
+
+// permute: y[i_0, .., i_r] = x[j] with j[perm[k]] = i_k, so y.shape[k] = x.shape[perm[k]]
+//   dx = permute(dy, inverse(perm))
+// An odometer over y's indices walks x with the permuted strides; the last dim is the inner loop.
+Tensor permute_impl(const char* op, const Tensor& x, const Perm& perm) {
+  const Shape& s = x.shape();
+  size_t rank = s.rank();
+  Shape os;
+  Perm stride{}, inverse{};
+  for (size_t k = 0; k < rank; ++k) {
+    os.push_back(s[perm[k]]);
+    stride[k] = extent(s, perm[k] + 1, rank);  // x's row-major stride of dim perm[k]
+    inverse[perm[k]] = k;
+  }
+  Tensor out = empty_out(x.dtype(), os);
+  auto copy = [&]<class U>() {
+    const U* src = static_cast<const U*>(x.impl()->data);
+    U* dst = static_cast<U*>(out.impl()->data);
+    size_t n = out.numel();
+    if (n == 0) return;
+    if (rank == 0) {
+      dst[0] = src[0];
+      return;
+    }
+    size_t last = os[rank - 1], last_stride = stride[rank - 1];
+    Perm idx{};
+    size_t off = 0;
+    for (size_t row = 0, rows = n / last; row < rows; ++row) {
+      for (size_t j = 0; j < last; ++j) *dst++ = src[off + j * last_stride];
+      for (size_t a = rank - 1; a-- > 0;) {  // next row: carry through the outer dims
+        off += stride[a];
+        if (++idx[a] < os[a]) break;
+        off -= idx[a] * stride[a];
+        idx[a] = 0;
+      }
+    }
+  };
+  if (dtype_size(x.dtype()) == 4) copy.template operator()<uint32_t>();
+  else copy.template operator()<uint64_t>();
+  return record(op, out, {x}, [op, inverse](Backward& g) { g.add(0, permute_impl(op, g.dout(), inverse)); });
+}
+
+}  // namespace
+
+Tensor transpose(const Tensor& x, int64_t dim0, int64_t dim1) {
+  check_defined("transpose", x);
+  size_t a = normalize_dim("transpose", dim0, x.dim()), b = normalize_dim("transpose", dim1, x.dim());
+  Perm perm{};
+  for (size_t k = 0; k < x.dim(); ++k) perm[k] = k;
+  std::swap(perm[a], perm[b]);
+  return permute_impl("transpose", x, perm);
+}
+
+Tensor permute(const Tensor& x, const std::vector<int64_t>& dims) {
+  check_defined("permute", x);
+  if (dims.size() != x.dim())
+    fail("permute: dims ", dims_str(dims), " do not match the rank of a tensor of shape ", x.shape());
+  Perm perm{};
+  std::array<bool, Shape::kMaxRank> seen{};
+  for (size_t k = 0; k < dims.size(); ++k) {
+    perm[k] = normalize_dim("permute", dims[k], x.dim());
+    if (seen[perm[k]]) fail("permute: dims ", dims_str(dims), " repeat a dim (tensor of shape ", x.shape(), ")");
+    seen[perm[k]] = true;
+  }
+  return permute_impl("permute", x, perm);
+}
+
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
+  check_defined("narrow", x);
+  size_t d = normalize_dim("narrow", dim, x.dim());
+  auto n = static_cast<int64_t>(x.shape()[d]);
+  if (start < -n || start > n)
+    fail("narrow: start ", start, " is out of range for dim ", dim, " of size ", n, " (tensor ", x.shape(), ")");
+  if (start < 0) start += n;
+  if (length < 0 || start + length > n)
+    fail("narrow: start ", start, " + length ", length, " exceeds dim ", dim, " of size ", n, " (tensor ",
+         x.shape(), ")");
+  return slice_rows("narrow", x, d, static_cast<size_t>(start), static_cast<size_t>(length), 1);
+}
+
+// Like PyTorch and Python: negative start/end count from the end, then both clamp to [0, n].
+Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end, int64_t step) {
+  check_defined("slice", x);
+  size_t d = normalize_dim("slice", dim, x.dim());
+  if (step <= 0) fail("slice: step must be positive, got ", step, " (tensor ", x.shape(), ")");
+  auto n = static_cast<int64_t>(x.shape()[d]);
+  auto clamp = [n](int64_t v) { return std::clamp(v < 0 ? v + n : v, int64_t(0), n); };
+  int64_t b = clamp(start), e = clamp(end);
+  int64_t count = e > b ? (e - b - 1) / step + 1 : 0;
+  return slice_rows("slice", x, d, static_cast<size_t>(b), static_cast<size_t>(count), static_cast<size_t>(step));
+}
+
+// select: y = x[.., index, ..] with dim d dropped      dx = slice_backward(unsqueeze(dy, d)) at row index
+Tensor select(const Tensor& x, int64_t dim, int64_t index) {
+  check_defined("select", x);
+  size_t d = normalize_dim("select", dim, x.dim());
+  const Shape& s = x.shape();
+  auto n = static_cast<int64_t>(s[d]);
+  if (index < -n || index >= n)
+    fail("select: index ", index, " is out of range for dim ", dim, " of size ", n, " (tensor ", s, ")");
+  size_t i = static_cast<size_t>(index < 0 ? index + n : index);
+  Shape os = s;
+  os.erase(d);
+  Tensor out = empty_out(x.dtype(), os);
+  copy_rows(x, s[d], out, 1, extent(s, 0, d), extent(s, d + 1, s.rank()), 1, [i](size_t) { return i; }, same_row);
+  Shape in_shape = s;
+  return record("select", out, {x}, [in_shape, d, i](Backward& g) {
+    g.add(0, slice_backward(unsqueeze(g.dout(), static_cast<int64_t>(d)), in_shape, d, i, 1));
+  });
+}
+
+// cat: y = [x_0, x_1, ..] joined along dim      dx_k = narrow(dy, dim, offset_k, size_k)
+Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
+  if (xs.empty()) fail("cat: expected a non-empty list of tensors");
+  for (const Tensor& x : xs) check_defined("cat", x);
+  const Tensor& x0 = xs[0];
+  if (x0.dim() == 0) fail("cat: a 0-d tensor (shape []) cannot be concatenated");
+  size_t d = normalize_dim("cat", dim, x0.dim());
+  Shape os = x0.shape();
+  std::vector<size_t> sizes;
+  size_t total = 0;
+  for (size_t k = 0; k < xs.size(); ++k) {
+    const Shape& s = xs[k].shape();
+    bool fits = s.rank() == os.rank();
+    for (size_t a = 0; fits && a < s.rank(); ++a) fits = a == d || s[a] == os[a];
+    if (!fits)
+      fail("cat: shapes ", x0.shape(), " and ", s, " (tensor ", k, ") must match except in dim ", dim);
+    if (xs[k].dtype() != x0.dtype())
+      fail("cat: dtypes differ (", x0.dtype(), " ", x0.shape(), " and ", xs[k].dtype(), " ", s, ", tensor ", k, ")");
+    sizes.push_back(s[d]);
+    total += s[d];
+  }
+  os[d] = total;
+  Tensor out = empty_out(x0.dtype(), os);
+  size_t outer = extent(os, 0, d), inner = extent(os, d + 1, os.rank()), off = 0;
+  for (size_t k = 0; k < xs.size(); ++k) {
+    copy_rows(xs[k], sizes[k], out, total, outer, inner, sizes[k], same_row, [off](size_t i) { return off + i; });
+    off += sizes[k];
+  }
+  return record("cat", out, xs, [d, sizes](Backward& g) {
+    int64_t off = 0;
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      auto n = static_cast<int64_t>(sizes[k]);
+      if (g.wants(k)) g.add(k, narrow(g.dout(), static_cast<int64_t>(d), off, n));
+      off += n;
+    }
+  });
+}
+
+// stack: y[.., k, ..] = x_k along a new dim      dx_k = select(dy, dim, k)
+Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
+  if (xs.empty()) fail("stack: expected a non-empty list of tensors");
+  for (const Tensor& x : xs) check_defined("stack", x);
+  const Tensor& x0 = xs[0];
+  const Shape& s = x0.shape();
+  for (size_t k = 1; k < xs.size(); ++k) {
+    if (xs[k].shape() != s)
+      fail("stack: shapes ", s, " and ", xs[k].shape(), " (tensor ", k, ") differ; stack needs equal shapes");
+    if (xs[k].dtype() != x0.dtype())
+      fail("stack: dtypes differ (", x0.dtype(), " ", s, " and ", xs[k].dtype(), " ", xs[k].shape(), ", tensor ", k, ")");
+  }
+  size_t d = normalize_dim("stack", dim, s.rank() + 1);
+  if (s.rank() == Shape::kMaxRank) fail("stack: tensors of shape ", s, " already have the maximum rank");
+  Shape os = s;
+  os.insert(d, xs.size());
+  Tensor out = empty_out(x0.dtype(), os);
+  size_t outer = extent(s, 0, d), inner = extent(s, d, s.rank());  // each x_k seen as [outer, 1, inner]
+  for (size_t k = 0; k < xs.size(); ++k)
+    copy_rows(xs[k], 1, out, xs.size(), outer, inner, 1, same_row, [k](size_t) { return k; });
+  return record("stack", out, xs, [d, n = xs.size()](Backward& g) {
+    for (size_t k = 0; k < n; ++k)
+      if (g.wants(k)) g.add(k, select(g.dout(), static_cast<int64_t>(d), static_cast<int64_t>(k)));
+  });
+}
+
+// index_select: y[.., i, ..] = x[.., index[i], ..] along dim      dx = index_add(dy): repeats add up
+Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
+  check_defined("index_select", x);
+  check_defined("index_select", index);
+  if (index.dtype() != kInt64)
+    fail("index_select: index must be int64, got ", index.dtype(), " ", index.shape());
+  if (index.dim() != 1) fail("index_select: index must be 1-D, got shape ", index.shape());
+  size_t d = normalize_dim("index_select", dim, x.dim());
+  const Shape& s = x.shape();
+  const int64_t* idx = index.data_ptr<int64_t>();
+  size_t m = index.numel();
+  for (size_t k = 0; k < m; ++k)
+    if (idx[k] < 0 || idx[k] >= static_cast<int64_t>(s[d]))
+      fail("index_select: index ", idx[k], " (position ", k, ") is out of range for dim ", dim, " of size ", s[d],
+           " (tensor ", s, ")");
+  Shape os = s;
+  os[d] = m;
+  Tensor out = empty_out(x.dtype(), os);
+  copy_rows(x, s[d], out, m, extent(s, 0, d), extent(s, d + 1, s.rank()), m,
+            [idx](size_t i) { return static_cast<size_t>(idx[i]); }, same_row);
+  Shape in_shape = s;
+  return record("index_select", out, {x, index}, [in_shape, d](Backward& g) {
+    g.add(0, index_add(g.dout(), in_shape, d, g.input(1)));
+  });
+}
+
+// clone: y = x, a deep copy      dx = dy
+Tensor clone(const Tensor& x) {
+  check_defined("clone", x);
+  Tensor out = empty_out(x.dtype(), x.shape());
+  if (x.numel()) std::memcpy(out.impl()->data, x.impl()->data, x.impl()->nbytes());
+  return record("clone", out, {x}, [](Backward& g) { g.add(0, g.dout()); });
 }
 
 }  // namespace tapegrad
