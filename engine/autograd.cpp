@@ -47,6 +47,7 @@ void attach(const Tensor& out, Node* node, const char* name, const Tensor* first
   node->seq = next_seq();
   node->set_inputs(first, n);
   TensorImpl* p = out.impl();
+  node->out_version = p->owner()->version;
   delete p->node;
   p->node = node;
   p->set(TensorImpl::kRequiresGrad, true);
@@ -96,6 +97,15 @@ void accumulate_grad(const char* op, TensorImpl* t, const Tensor& grad, bool cre
   } else {
     t->pending = sum_of(Tensor(t->pending), grad).ref();
   }
+}
+
+const Tensor& Backward::out() const {
+  uint32_t now = out_.impl()->owner()->version;
+  if (now != node_.out_version)
+    fail("backward: the output of ", node_.name, " (shape ", out_.shape(),
+         ") was modified in place after it was computed (version ", node_.out_version, ", now ", now,
+         "), but its backward needs it; clone it before modifying");
+  return out_;
 }
 
 void Backward::add(size_t i, const Tensor& grad) { add(i, grad, nullptr); }

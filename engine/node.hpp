@@ -127,6 +127,7 @@ struct Node {
   uint64_t seq = 0;
   Edge* inputs = nullptr;  // points at inline_ for up to two inputs
   uint32_t n_inputs = 0;
+  uint32_t out_version = 0;  // the output's version when made; checked when a backward reads it
 
   Node() = default;
   Node(const Node&) = delete;
@@ -154,7 +155,7 @@ class Backward {
   Backward(Node& node, const Tensor& out, const Tensor& dout, bool create_graph)
       : node_(node), out_(out), dout_(dout), create_graph_(create_graph) {}
   const Tensor& dout() const { return dout_; }
-  const Tensor& out() const { return out_; }
+  const Tensor& out() const;  // this node's output value (checked against in-place changes)
   const Tensor& input(size_t i) const { return node_.inputs[i].input; }
   size_t n_inputs() const { return node_.n_inputs; }
   bool wants(size_t i) const { return node_.inputs[i].input.requires_grad(); }

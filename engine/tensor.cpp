@@ -54,13 +54,20 @@ size_t normalize_dim(const char* op, int64_t dim, size_t rank) {
 // ---- TensorImpl lifetime -----------------------------------------------------------------------
 static size_t header_size() { return (sizeof(TensorImpl) + 15) / 16 * 16; }
 
+// Data of 64 bytes or more starts on a 64-byte boundary: SIMD kernels then split every buffer
+// the same way (aligned body, no scalar head), so results do not depend on where malloc put it.
+// Smaller data (a scalar in a long chain) stays packed right after the header.
+static constexpr size_t kAlign = 64;
+
 Ref<TensorImpl> TensorImpl::create(Dtype dtype, const Shape& shape) {
   size_t nbytes = shape.numel() * dtype_size(dtype);
-  void* mem = ::operator new(header_size() + nbytes);
+  size_t slack = nbytes >= kAlign ? kAlign - 1 : 0;
+  void* mem = ::operator new(header_size() + slack + nbytes);
   auto* p = new (mem) TensorImpl;
   p->dtype = dtype;
   p->shape = shape;
-  p->data = static_cast<char*>(mem) + header_size();  // data lives right after the header
+  auto addr = reinterpret_cast<uintptr_t>(mem) + header_size();  // data lives after the header
+  p->data = reinterpret_cast<void*>(slack ? (addr + slack) & ~uintptr_t(kAlign - 1) : addr);
   return Ref<TensorImpl>::adopt(p);
 }
 

@@ -87,7 +87,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     const Shape& s = a.shape();
     if (s[2] != b.shape()[0]) fail("matmul: shapes ", s, " and ", b.shape(), " do not align (", s[2], " vs ", b.shape()[0], ")");
     Tensor rows = reshape(a, {static_cast<int64_t>(s[0] * s[1]), static_cast<int64_t>(s[2])});
-    return reshape(mm(rows, b), {static_cast<int64_t>(s[0]), static_cast<int64_t>(s[1]), -1});
+    return reshape(mm(rows, b), {static_cast<int64_t>(s[0]), static_cast<int64_t>(s[1]),
+                                 static_cast<int64_t>(b.shape()[1])});
   }
   fail("matmul: supports 2-D·2-D, 3-D·3-D and 3-D·2-D operands, got ", a.shape(), " and ", b.shape());
 }
@@ -103,7 +104,8 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
   if (x.dim() != 2) {  // [...,K]: fold the leading dims into the batch
     Shape lead = x.shape();
     lead.erase(lead.rank() - 1);
-    Tensor y = linear(reshape(x, {-1, static_cast<int64_t>(x.shape().back())}), W, b);
+    auto rows = static_cast<int64_t>(lead.numel());  // explicit: -1 cannot be inferred for empty x
+    Tensor y = linear(reshape(x, {rows, static_cast<int64_t>(x.shape().back())}), W, b);
     std::vector<int64_t> ys(lead.begin(), lead.end());
     ys.push_back(static_cast<int64_t>(W.shape()[1]));
     return reshape(y, ys);
