@@ -11,6 +11,7 @@
 
 #include "dispatch.hpp"
 #include "node.hpp"
+#include "pool.hpp"
 
 namespace tapegrad {
 
@@ -23,6 +24,9 @@ bool GradMode::is_enabled() { return grad_enabled; }
 void GradMode::set_enabled(bool on) { grad_enabled = on; }
 
 // ---- nodes ---------------------------------------------------------------------------------------
+void* Node::operator new(size_t bytes) { return detail::pool_alloc(bytes); }
+void Node::operator delete(void* p, size_t bytes) { detail::pool_free(p, bytes); }
+
 Node::~Node() {
   if (inputs != inline_) delete[] inputs;
 }
@@ -139,8 +143,9 @@ static void accumulate_into_leaf(TensorImpl* leaf, const Tensor& g, bool create_
 
 static Tensor run_hooks(TensorImpl* p, Tensor dout) {
   if (ExplainGuard::current()) detail::explain_visit(p, dout);
-  if (!p->extras) return dout;
-  for (auto& [id, hook] : p->extras->hooks) {
+  TensorExtras* extras = detail::find_extras(p);
+  if (!extras) return dout;
+  for (auto& [id, hook] : extras->hooks) {
     Tensor replaced = hook(dout);
     if (replaced.defined()) {
       check_grad_matches("hook", p, replaced);
@@ -201,8 +206,9 @@ struct Sweep {
         if (q->has(TensorImpl::kRequiresGrad)) visit(q, stack);
       }
     }
-    std::sort(nodes.begin(), nodes.end(),
-              [](const Ref<TensorImpl>& a, const Ref<TensorImpl>& b) { return a->node->seq > b->node->seq; });
+    auto newest_first = [](const Ref<TensorImpl>& a, const Ref<TensorImpl>& b) { return a->node->seq > b->node->seq; };
+    // A chain is found newest first already: check in O(n) before sorting.
+    if (!std::is_sorted(nodes.begin(), nodes.end(), newest_first)) std::sort(nodes.begin(), nodes.end(), newest_first);
   }
 
   void clear_pending() {
@@ -245,8 +251,8 @@ struct Sweep {
       if (ci >= 0) captured[ci] = dout;
       else if (!capture_inputs) {
         accumulate_into_leaf(p, dout, create_graph);
-        if (p->extras)
-          for (auto& [id, hook] : p->extras->post_hooks) hook(Tensor(Ref<TensorImpl>::share(p)));
+        if (TensorExtras* extras = detail::find_extras(p))
+          for (auto& [id, hook] : extras->post_hooks) hook(Tensor(Ref<TensorImpl>::share(p)));
       }
     }
   }

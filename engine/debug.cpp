@@ -1,5 +1,8 @@
 // Seeing and checking the sweep: anomaly mode, hooks, explain mode.
 #include <cmath>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <sstream>
 
 #include "dispatch.hpp"
@@ -62,11 +65,18 @@ void check_anomaly_grad(const Node& node, size_t i, const Tensor& grad) {
 // ---- hooks -------------------------------------------------------------------------------------------
 namespace {
 std::atomic<uint64_t> hook_ids{0};
+// The side table of per-tensor extras (hooks): rarely used, so not worth a field in every tensor.
+std::mutex extras_mutex;
+std::unordered_map<const TensorImpl*, std::unique_ptr<TensorExtras>> extras_table;
+
 TensorExtras& extras_of(const Tensor& t) {
   TensorImpl* p = t.impl();
   if (!p) fail("register_hook: undefined tensor");
-  if (!p->extras) p->extras = new TensorExtras;
-  return *p->extras;
+  std::lock_guard<std::mutex> lock(extras_mutex);
+  auto& e = extras_table[p];
+  if (!e) e = std::make_unique<TensorExtras>();
+  p->set(TensorImpl::kHasExtras, true);
+  return *e;
 }
 template <class V>
 void erase_id(V& v, uint64_t id) {
@@ -93,10 +103,26 @@ HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulate
   return HookHandle(leaf, id);
 }
 
+namespace detail {
+TensorExtras* find_extras(const TensorImpl* t) {
+  if (!t->has(TensorImpl::kHasExtras)) return nullptr;
+  std::lock_guard<std::mutex> lock(extras_mutex);
+  auto it = extras_table.find(t);
+  return it == extras_table.end() ? nullptr : it->second.get();
+}
+void drop_extras(TensorImpl* t) {
+  std::lock_guard<std::mutex> lock(extras_mutex);
+  extras_table.erase(t);
+  t->set(TensorImpl::kHasExtras, false);
+}
+}  // namespace detail
+
 void HookHandle::remove() {
-  if (!t_.defined() || !t_.impl()->extras) return;
-  erase_id(t_.impl()->extras->hooks, id_);
-  erase_id(t_.impl()->extras->post_hooks, id_);
+  if (!t_.defined()) return;
+  if (TensorExtras* e = detail::find_extras(t_.impl())) {
+    erase_id(e->hooks, id_);
+    erase_id(e->post_hooks, id_);
+  }
   t_ = Tensor();
 }
 

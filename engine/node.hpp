@@ -62,6 +62,11 @@ struct TensorExtras {
   std::vector<std::pair<uint64_t, PostAccumulateHook>> post_hooks;
 };
 
+namespace detail {
+TensorExtras* find_extras(const TensorImpl* t);  // null unless the tensor has some
+void drop_extras(TensorImpl* t);
+}  // namespace detail
+
 // Returned by register_hook; remove() unregisters (safe to call twice).
 class HookHandle {
  public:
@@ -130,6 +135,8 @@ struct Node {
   uint32_t out_version = 0;  // the output's version when made; checked when a backward reads it
 
   Node() = default;
+  static void* operator new(size_t bytes);
+  static void operator delete(void* p, size_t bytes);
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
   virtual ~Node();

@@ -9,6 +9,7 @@
 
 #include "dispatch.hpp"
 #include "node.hpp"
+#include "pool.hpp"
 
 extern "C" {
 void openblas_set_num_threads(int);
@@ -62,7 +63,7 @@ static constexpr size_t kAlign = 64;
 Ref<TensorImpl> TensorImpl::create(Dtype dtype, const Shape& shape) {
   size_t nbytes = shape.numel() * dtype_size(dtype);
   size_t slack = nbytes >= kAlign ? kAlign - 1 : 0;
-  void* mem = ::operator new(header_size() + slack + nbytes);
+  void* mem = detail::pool_alloc(header_size() + slack + nbytes);
   auto* p = new (mem) TensorImpl;
   p->dtype = dtype;
   p->shape = shape;
@@ -71,8 +72,15 @@ Ref<TensorImpl> TensorImpl::create(Dtype dtype, const Shape& shape) {
   return Ref<TensorImpl>::adopt(p);
 }
 
+// The size of the block holding p (header, alignment slack, data), as create/view_of made it.
+static size_t block_size(const TensorImpl* p) {
+  if (p->base) return header_size();
+  size_t nbytes = p->nbytes();
+  return header_size() + (nbytes >= kAlign ? kAlign - 1 : 0) + nbytes;
+}
+
 Ref<TensorImpl> TensorImpl::view_of(const Ref<TensorImpl>& src, const Shape& shape) {
-  void* mem = ::operator new(header_size());
+  void* mem = detail::pool_alloc(header_size());
   auto* p = new (mem) TensorImpl;
   p->dtype = src->dtype;
   p->shape = shape;
@@ -99,9 +107,10 @@ void TensorImpl::destroy(TensorImpl* p) {
     TensorImpl* q = dead_list;
     dead_list = static_cast<TensorImpl*>(q->data);
     delete q->node;  // releases its inputs: they may join the list
-    delete q->extras;
+    if (q->has(kHasExtras)) detail::drop_extras(q);
+    size_t bytes = block_size(q);
     q->~TensorImpl();  // releases base, grad, pending: the same
-    ::operator delete(q);
+    detail::pool_free(q, bytes);
   }
   draining = false;
 }

@@ -21,7 +21,7 @@ struct TensorExtras;
 class Tensor;
 
 struct TensorImpl {
-  enum Flag : uint8_t { kRequiresGrad = 1, kNonLeaf = 2, kReleased = 4, kRetainGrad = 8 };
+  enum Flag : uint8_t { kRequiresGrad = 1, kNonLeaf = 2, kReleased = 4, kRetainGrad = 8, kHasExtras = 16 };
 
   std::atomic<uint32_t> refs{1};
   uint32_t version = 0;  // bumped by every in-place write; lives on the data's owner
@@ -34,7 +34,7 @@ struct TensorImpl {
   Ref<TensorImpl> grad;     // .grad(): accumulated across backward() calls
   Ref<TensorImpl> pending;  // the gradient being summed during one sweep
   Node* node = nullptr;     // the op that made this tensor, with its inputs; null for leaves
-  TensorExtras* extras = nullptr;  // hooks and other rarely used state
+  // Hooks and other rarely used state live in a side table (kHasExtras), keeping this small.
 
   static Ref<TensorImpl> create(Dtype dtype, const Shape& shape);  // uninitialised data
   static Ref<TensorImpl> view_of(const Ref<TensorImpl>& src, const Shape& shape);

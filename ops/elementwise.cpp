@@ -5,21 +5,27 @@
 namespace tapegrad {
 using namespace kernel;
 
-// out = f(a, b) with broadcasting. Same shapes and scalar operands take 1-D loops; the general
-// case uses xtensor's broadcasting.
+// out = f(a, b) with broadcasting. Same shapes and scalar operands take plain loops (the compiler
+// vectorises them, and they cost nothing to set up for tiny tensors); the general case uses
+// xtensor's broadcasting.
 template <class F>
 static Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
   check_same_dtype(op, a, b);
   Shape shape = broadcast_shapes(op, a.shape(), b.shape());
   Tensor out = empty_out(a.dtype(), shape);
   dispatch(op, a.dtype(), [&]<class T>() {
-    auto o = flat_mut<T>(out);
+    const T* x = a.data_ptr<T>();
+    const T* y = b.data_ptr<T>();
+    T* o = out.data_ptr<T>();
+    size_t n = out.numel();
     if (a.shape() == b.shape()) {
-      xt::noalias(o) = f(flat<T>(a), flat<T>(b));
+      for (size_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
     } else if (b.numel() == 1 && shape == a.shape()) {
-      xt::noalias(o) = f(flat<T>(a), b.data_ptr<T>()[0]);
+      const T s = y[0];
+      for (size_t i = 0; i < n; ++i) o[i] = f(x[i], s);
     } else if (a.numel() == 1 && shape == b.shape()) {
-      xt::noalias(o) = f(a.data_ptr<T>()[0], flat<T>(b));
+      const T s = x[0];
+      for (size_t i = 0; i < n; ++i) o[i] = f(s, y[i]);
     } else {
       auto on = nd_mut<T>(out);
       xt::noalias(on) = f(nd<T>(a), nd<T>(b));

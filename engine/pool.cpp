@@ -1,0 +1,70 @@
+#include "pool.hpp"
+
+#include <new>
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define TAPEGRAD_NO_POOL 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define TAPEGRAD_NO_POOL 1
+#endif
+#endif
+
+namespace tapegrad::detail {
+
+#ifdef TAPEGRAD_NO_POOL
+void* pool_alloc(size_t bytes) { return ::operator new(bytes); }
+void pool_free(void* p, size_t) { ::operator delete(p); }
+#else
+namespace {
+constexpr size_t kGranule = 16;                    // size classes of 16 bytes
+constexpr size_t kClasses = 1024 / kGranule;       // blocks up to 1 KiB are pooled
+constexpr size_t kMaxCachedBytes = size_t(64) << 20;  // per thread; beyond that, back to malloc
+
+struct FreeBlock {
+  FreeBlock* next;
+};
+struct Pool {
+  FreeBlock* heads[kClasses + 1] = {};
+  size_t cached = 0;
+  ~Pool();
+};
+thread_local bool pool_alive = true;  // false once this thread's pool is destroyed
+thread_local Pool pool;
+
+Pool::~Pool() {
+  pool_alive = false;
+  for (FreeBlock*& h : heads)
+    while (h) {
+      FreeBlock* b = h;
+      h = b->next;
+      ::operator delete(b);
+    }
+}
+}  // namespace
+
+void* pool_alloc(size_t bytes) {
+  size_t c = (bytes + kGranule - 1) / kGranule;
+  if (c > kClasses || !pool_alive) return ::operator new(bytes);
+  if (FreeBlock* b = pool.heads[c]) {
+    pool.heads[c] = b->next;
+    pool.cached -= c * kGranule;
+    return b;
+  }
+  return ::operator new(c * kGranule);  // the whole class, so any block of the class can serve
+}
+
+void pool_free(void* p, size_t bytes) {
+  size_t c = (bytes + kGranule - 1) / kGranule;
+  if (c > kClasses || !pool_alive || pool.cached + c * kGranule > kMaxCachedBytes) {
+    ::operator delete(p);
+    return;
+  }
+  auto* b = static_cast<FreeBlock*>(p);
+  b->next = pool.heads[c];
+  pool.heads[c] = b;
+  pool.cached += c * kGranule;
+}
+#endif
+
+}  // namespace tapegrad::detail
