@@ -17,7 +17,10 @@ void* pool_alloc(size_t bytes) { return ::operator new(bytes); }
 void pool_free(void* p, size_t) { ::operator delete(p); }
 #else
 namespace {
-constexpr size_t kGranule = 16;                    // size classes of 16 bytes
+// Size class c holds blocks of 16·c - 8 bytes: with malloc's 8-byte chunk header that is exactly
+// 16·c bytes of heap, so rounding a request up to its class wastes nothing in malloc.
+constexpr size_t kGranule = 16;
+constexpr size_t kHeader = 8;
 constexpr size_t kClasses = 1024 / kGranule;       // blocks up to 1 KiB are pooled
 constexpr size_t kMaxCachedBytes = size_t(64) << 20;  // per thread; beyond that, back to malloc
 
@@ -43,19 +46,21 @@ Pool::~Pool() {
 }
 }  // namespace
 
+size_t size_class(size_t bytes) { return (bytes + kHeader + kGranule - 1) / kGranule; }
+
 void* pool_alloc(size_t bytes) {
-  size_t c = (bytes + kGranule - 1) / kGranule;
+  size_t c = size_class(bytes);
   if (c > kClasses || !pool_alive) return ::operator new(bytes);
   if (FreeBlock* b = pool.heads[c]) {
     pool.heads[c] = b->next;
     pool.cached -= c * kGranule;
     return b;
   }
-  return ::operator new(c * kGranule);  // the whole class, so any block of the class can serve
+  return ::operator new(c * kGranule - kHeader);  // the whole class: any block of it can serve
 }
 
 void pool_free(void* p, size_t bytes) {
-  size_t c = (bytes + kGranule - 1) / kGranule;
+  size_t c = size_class(bytes);
   if (c > kClasses || !pool_alive || pool.cached + c * kGranule > kMaxCachedBytes) {
     ::operator delete(p);
     return;
