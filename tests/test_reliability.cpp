@@ -366,3 +366,43 @@ TEST_CASE("Finding F4: the same op on the same values gives the same bits wherev
   }
   CHECK(differing == 0);
 }
+
+// Finding F5 (fuzzer, tests/fuzz): sizes are not validated. Extents whose product (or product
+// times the element size) overflows size_t — zeros({1 << 62}, kFloat32): numel·4 wraps to 0 —
+// allocate a tiny buffer that full()/from_vector() then write past (ASan: heap-buffer-overflow in
+// write_at); arange with a huge count asks for 2^63 bytes. They must throw tapegrad::Error.
+// Run in a child process: without the fix this corrupts the heap.
+TEST_CASE("Finding F5: shapes whose size overflows are refused with an Error") {
+  std::fflush(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int refused = 0;
+    for (Shape s : {Shape{size_t(1) << 62}, Shape{size_t(1) << 32, size_t(1) << 32}, Shape{~size_t(0), 2}}) {
+      try {
+        zeros(s, kFloat32);
+      } catch (const Error&) {
+        ++refused;
+      }
+    }
+    try {
+      arange(0.0, 1e300, 1e-300);
+    } catch (const Error&) {
+      ++refused;
+    }
+    _exit(refused == 4 ? 0 : 1);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  INFO("child status " << status << (WIFSIGNALED(status) ? " (killed by a signal)" : " (exit 1: a size was accepted)"));
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+}
+
+// Finding F6 (fuzzer): int64 factories (full, from_vector, tensor, arange with dtype kInt64)
+// convert doubles with a plain cast; 1e308, NaN or ±Inf is undefined behaviour (UBSan:
+// float-cast-overflow in write_at). They should throw an Error naming the value.
+TEST_CASE("Finding F6: int64 factories refuse values outside int64") {
+  CHECK_THROWS_AS(full({2}, 1e308, kInt64), Error);
+  CHECK_THROWS_AS(full({2}, std::nan(""), kInt64), Error);
+  CHECK_THROWS_AS(from_vector({-INFINITY}, {1}, kInt64), Error);
+  check_values(full({2}, -3.0, kInt64), {-3, -3});
+}
