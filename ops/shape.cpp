@@ -152,7 +152,7 @@ Tensor slice_backward(const Tensor& x, const Shape& shape, size_t d, size_t star
   copy_rows(x, count, out, shape[d], extent(shape, 0, d), extent(shape, d + 1, shape.rank()), count, same_row,
             [=](size_t i) { return start + i * step; });
   return record("slice_backward", out, {x}, [d, start, count, step](Backward& g) {
-    g.add(0, slice_rows("slice", g.dout(), d, start, count, step));
+    g.add(0, slice_rows("slice", g.dout(), d, start, count, step), "dx += dout[rows it was placed at]");
   });
 }
 
@@ -167,7 +167,7 @@ Tensor slice_rows(const char* op, const Tensor& x, size_t d, size_t start, size_
             [=](size_t i) { return start + i * step; }, same_row);
   Shape in_shape = s;
   return record(op, out, {x}, [in_shape, d, start, step](Backward& g) {
-    g.add(0, slice_backward(g.dout(), in_shape, d, start, step));
+    g.add(0, slice_backward(g.dout(), in_shape, d, start, step), "dx += dout padded with zeros");
   });
 }
 
@@ -183,8 +183,8 @@ Tensor index_add(const Tensor& x, const Shape& shape, size_t d, const Tensor& in
                     extent(shape, d + 1, shape.rank()), m, same_row, [idx](size_t i) { return static_cast<size_t>(idx[i]); });
   });
   return record("index_add", out, {x, index}, [d](Backward& g) {
-    g.add(0, index_select(g.dout(), static_cast<int64_t>(d), g.input(1)));
-  });
+    g.add(0, index_select(g.dout(), static_cast<int64_t>(d), g.input(1)), "dx += index_select(dout, index)");
+  }, "x index");
 }
 
 using Perm = std::array<size_t, Shape::kMaxRank>;
@@ -227,7 +227,9 @@ Tensor permute_impl(const char* op, const Tensor& x, const Perm& perm) {
   };
   if (dtype_size(x.dtype()) == 4) copy.template operator()<uint32_t>();
   else copy.template operator()<uint64_t>();
-  return record(op, out, {x}, [op, inverse](Backward& g) { g.add(0, permute_impl(op, g.dout(), inverse)); });
+  return record(op, out, {x}, [op, inverse](Backward& g) {
+    g.add(0, permute_impl(op, g.dout(), inverse), "dx += dout with the inverse permutation");
+  });
 }
 
 }  // namespace
@@ -295,7 +297,8 @@ Tensor select(const Tensor& x, int64_t dim, int64_t index) {
   copy_rows(x, s[d], out, 1, extent(s, 0, d), extent(s, d + 1, s.rank()), 1, [i](size_t) { return i; }, same_row);
   Shape in_shape = s;
   return record("select", out, {x}, [in_shape, d, i](Backward& g) {
-    g.add(0, slice_backward(unsqueeze(g.dout(), static_cast<int64_t>(d)), in_shape, d, i, 1));
+    g.add(0, slice_backward(unsqueeze(g.dout(), static_cast<int64_t>(d)), in_shape, d, i, 1),
+          "dx += dout placed at index, zeros elsewhere");
   });
 }
 
@@ -331,7 +334,7 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
     int64_t off = 0;
     for (size_t k = 0; k < sizes.size(); ++k) {
       auto n = static_cast<int64_t>(sizes[k]);
-      if (g.wants(k)) g.add(k, narrow(g.dout(), static_cast<int64_t>(d), off, n));
+      if (g.wants(k)) g.add(k, narrow(g.dout(), static_cast<int64_t>(d), off, n), "dx_k += narrow(dout, offset_k, size_k)");
       off += n;
     }
   });
@@ -359,7 +362,7 @@ Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
     copy_rows(xs[k], 1, out, xs.size(), outer, inner, 1, same_row, [k](size_t) { return k; });
   return record("stack", out, xs, [d, n = xs.size()](Backward& g) {
     for (size_t k = 0; k < n; ++k)
-      if (g.wants(k)) g.add(k, select(g.dout(), static_cast<int64_t>(d), static_cast<int64_t>(k)));
+      if (g.wants(k)) g.add(k, select(g.dout(), static_cast<int64_t>(d), static_cast<int64_t>(k)), "dx_k += select(dout, k)");
   });
 }
 
@@ -385,8 +388,8 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
             [idx](size_t i) { return static_cast<size_t>(idx[i]); }, same_row);
   Shape in_shape = s;
   return record("index_select", out, {x, index}, [in_shape, d](Backward& g) {
-    g.add(0, index_add(g.dout(), in_shape, d, g.input(1)));
-  });
+    g.add(0, index_add(g.dout(), in_shape, d, g.input(1)), "dx += index_add(dout): repeats add up");
+  }, "x index");
 }
 
 // clone: y = x, a deep copy      dx = dy
@@ -394,7 +397,7 @@ Tensor clone(const Tensor& x) {
   check_defined("clone", x);
   Tensor out = empty_out(x.dtype(), x.shape());
   if (x.numel()) std::memcpy(out.impl()->data, x.impl()->data, x.impl()->nbytes());
-  return record("clone", out, {x}, [](Backward& g) { g.add(0, g.dout()); });
+  return record("clone", out, {x}, [](Backward& g) { g.add(0, g.dout(), "dx += dout"); });
 }
 
 }  // namespace tapegrad

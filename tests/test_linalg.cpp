@@ -1,0 +1,233 @@
+// Linear algebra: matmul (2-D, batched 3-D·3-D, 3-D·2-D), mm with every transpose flag, linear
+// with/without bias and with 3-D input — values against explicit loops, float64 gradcheck of
+// each and of its backward, the affine layer's hand-derived dW, db, dx, fan-out, and errors.
+#include <functional>
+#include <tuple>
+
+#include "helpers.hpp"
+
+using namespace tapegrad;
+
+namespace {
+
+#define GRADCHECK(f, ...) CHECK_GRADCHECK(f, (std::vector<Tensor>{__VA_ARGS__}))
+
+// C[M,N] = op(A)·op(B) by loops; A is stored [M,K] ([K,M] when ta), B [K,N] ([N,K] when tb).
+std::vector<double> ref_mm(const std::vector<double>& A, const std::vector<double>& B, size_t M, size_t K,
+                           size_t N, bool ta = false, bool tb = false, size_t a_off = 0, size_t b_off = 0) {
+  std::vector<double> C(M * N, 0.0);
+  for (size_t i = 0; i < M; ++i)
+    for (size_t j = 0; j < N; ++j) {
+      double acc = 0;
+      for (size_t k = 0; k < K; ++k) {
+        double a = A[a_off + (ta ? k * M + i : i * K + k)];
+        double b = B[b_off + (tb ? j * K + k : k * N + j)];
+        acc += a * b;
+      }
+      C[i * N + j] = acc;
+    }
+  return C;
+}
+
+// Gradcheck of a two-input op's backward as a function of (a, b, dy), with create_graph.
+void check_backward_of(const std::function<Tensor(const Tensor&, const Tensor&)>& op, const Tensor& a,
+                       const Tensor& b, uint64_t seed) {
+  Tensor dy = leaf64(op(a, b).shape(), seed);
+  auto f = [op](const std::vector<Tensor>& in) {
+    EnableGradGuard with_grad;  // gradcheck's finite differences run under NoGradGuard
+    Tensor y = op(in[0], in[1]);
+    auto g = grad({y}, {in[0], in[1]}, {in[2]}, false, /*create_graph=*/true);
+    return sum(g[0] * g[0]) + sum(g[1] * g[1]);  // nonlinear, so both second-order paths show
+  };
+  GRADCHECK(f, a, b, dy);
+}
+
+}  // namespace
+
+TEST_CASE("linalg: matmul 2-D values and gradcheck") {
+  for (auto [M, K, N] : {std::tuple{3, 4, 2}, std::tuple{1, 5, 1}, std::tuple{4, 1, 3}, std::tuple{2, 2, 2}}) {
+    INFO("[" << M << "," << K << "]·[" << K << "," << N << "]");
+    Tensor a = leaf64({size_t(M), size_t(K)}, 10 + M), b = leaf64({size_t(K), size_t(N)}, 20 + N);
+    Tensor c = matmul(a, b);
+    CHECK(c.shape() == Shape{size_t(M), size_t(N)});
+    check_values(c, ref_mm(a.to_vector(), b.to_vector(), M, K, N), 1e-12);
+    auto f = [](const std::vector<Tensor>& in) { return matmul(in[0], in[1]); };
+    GRADCHECK(f, a, b);
+  }
+  check_backward_of([](const Tensor& a, const Tensor& b) { return matmul(a, b); }, leaf64({3, 4}, 30),
+                    leaf64({4, 2}, 31), 32);
+}
+
+TEST_CASE("linalg: batched matmul 3-D·3-D values and gradcheck") {
+  Tensor a = leaf64({2, 3, 4}, 40), b = leaf64({2, 4, 5}, 41);
+  Tensor c = matmul(a, b);
+  CHECK(c.shape() == Shape{2, 3, 5});
+  std::vector<double> expect;
+  for (size_t i = 0; i < 2; ++i) {
+    auto ci = ref_mm(a.to_vector(), b.to_vector(), 3, 4, 5, false, false, i * 12, i * 20);
+    expect.insert(expect.end(), ci.begin(), ci.end());
+  }
+  check_values(c, expect, 1e-12);
+  auto f = [](const std::vector<Tensor>& in) { return matmul(in[0], in[1]); };
+  GRADCHECK(f, a, b);
+  GRADCHECK(f, leaf64({3, 1, 2}, 42), leaf64({3, 2, 1}, 43));
+  check_backward_of([](const Tensor& x, const Tensor& y) { return matmul(x, y); }, leaf64({2, 2, 3}, 44),
+                    leaf64({2, 3, 2}, 45), 46);
+}
+
+TEST_CASE("linalg: matmul 3-D·2-D values and gradcheck") {
+  Tensor a = leaf64({2, 3, 4}, 50), b = leaf64({4, 5}, 51);
+  Tensor c = matmul(a, b);
+  CHECK(c.shape() == Shape{2, 3, 5});
+  check_values(c, ref_mm(a.to_vector(), b.to_vector(), 6, 4, 5), 1e-12);  // the batch folds into rows
+  auto f = [](const std::vector<Tensor>& in) { return matmul(in[0], in[1]); };
+  GRADCHECK(f, a, b);
+  check_backward_of([](const Tensor& x, const Tensor& y) { return matmul(x, y); }, leaf64({2, 2, 3}, 52),
+                    leaf64({3, 2}, 53), 54);
+}
+
+TEST_CASE("linalg: mm with every transpose flag combination") {
+  const size_t M = 3, K = 4, N = 2;
+  uint64_t seed = 60;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      INFO("ta=" << ta << " tb=" << tb);
+      Tensor a = leaf64(ta ? Shape{K, M} : Shape{M, K}, seed++), b = leaf64(tb ? Shape{N, K} : Shape{K, N}, seed++);
+      Tensor c = mm(a, b, ta, tb);
+      CHECK(c.shape() == Shape{M, N});
+      check_values(c, ref_mm(a.to_vector(), b.to_vector(), M, K, N, ta, tb), 1e-12);
+      // the same product with explicit transposes
+      Tensor c2 = matmul(ta ? transpose(a, 0, 1) : a, tb ? transpose(b, 0, 1) : b);
+      check_values(c, c2.to_vector(), 1e-12);
+      auto f = [ta, tb](const std::vector<Tensor>& in) { return mm(in[0], in[1], ta, tb); };
+      GRADCHECK(f, a, b);
+      check_backward_of([ta, tb](const Tensor& x, const Tensor& y) { return mm(x, y, ta, tb); }, a, b, seed++);
+    }
+}
+
+TEST_CASE("linalg: linear with and without bias, 1-D/2-D/3-D input, values and gradcheck") {
+  Tensor x = leaf64({3, 4}, 70), W = leaf64({4, 2}, 71), b = leaf64({2}, 72);
+  std::vector<double> xw = ref_mm(x.to_vector(), W.to_vector(), 3, 4, 2), bv = b.to_vector();
+  std::vector<double> xwb = xw;
+  for (size_t i = 0; i < 3; ++i)
+    for (size_t j = 0; j < 2; ++j) xwb[i * 2 + j] += bv[j];
+  check_values(linear(x, W, b), xwb, 1e-12);
+  check_values(linear(x, W), xw, 1e-12);
+  CHECK(linear(x, W, b).shape() == Shape{3, 2});
+
+  Tensor x3 = leaf64({2, 3, 4}, 73);
+  Tensor y3 = linear(x3, W, b);
+  CHECK(y3.shape() == Shape{2, 3, 2});
+  std::vector<double> e3 = ref_mm(x3.to_vector(), W.to_vector(), 6, 4, 2);
+  for (size_t i = 0; i < 6; ++i)
+    for (size_t j = 0; j < 2; ++j) e3[i * 2 + j] += bv[j];
+  check_values(y3, e3, 1e-12);
+  Tensor x1 = leaf64({4}, 74);
+  CHECK(linear(x1, W, b).shape() == Shape{2});
+
+  auto with_b = [](const std::vector<Tensor>& in) { return linear(in[0], in[1], in[2]); };
+  auto no_b = [](const std::vector<Tensor>& in) { return linear(in[0], in[1]); };
+  GRADCHECK(with_b, x, W, b);
+  GRADCHECK(no_b, x, W);
+  GRADCHECK(with_b, x3, W, b);
+  GRADCHECK(no_b, x3, W);
+  GRADCHECK(with_b, x1, W, b);
+  GRADCHECK(with_b, x.detach(), W, b);  // only the parameters need gradients
+  GRADCHECK(with_b, x, W.detach(), b.detach());
+  check_backward_of([](const Tensor& in, const Tensor& w) { return linear(in, w); }, leaf64({3, 2}, 75),
+                    leaf64({2, 3}, 76), 77);
+  auto gg = [](const std::vector<Tensor>& in) {
+    EnableGradGuard with_grad;
+    Tensor y = tanh(linear(in[0], in[1], in[2]));
+    auto g = grad({sum(y * y)}, {in[0], in[1], in[2]}, {}, false, /*create_graph=*/true);
+    return sum(g[0]) + sum(g[1] * g[1]) + sum(g[2] * g[2]);
+  };
+  GRADCHECK(gg, leaf64({2, 3}, 78), leaf64({3, 2}, 79), leaf64({2}, 80));
+
+  // float32 agrees with the float64 reference
+  Tensor x32 = from_vector(x.to_vector(), {3, 4}), W32 = from_vector(W.to_vector(), {4, 2}),
+         b32 = from_vector(bv, {2});
+  check_values(linear(x32, W32, b32), xwb, 1e-5);
+}
+
+TEST_CASE("linalg: the affine layer's hand-derived dW, db, dx against explicit loops") {
+  const size_t B = 3, K = 4, N = 2;
+  Tensor x = leaf64({B, K}, 90), W = leaf64({K, N}, 91), b = leaf64({N}, 92);
+  Tensor dout = tensor({{1.0, -2.0}, {0.5, 3.0}, {-1.5, 0.25}}, kFloat64);
+  linear(x, W, b).backward(dout);
+  std::vector<double> xv = x.to_vector(), Wv = W.to_vector(), dv = dout.to_vector();
+  std::vector<double> db(N, 0.0), dW(K * N, 0.0), dx(B * K, 0.0);
+  for (size_t i = 0; i < B; ++i)
+    for (size_t n = 0; n < N; ++n) db[n] += dv[i * N + n];  // db = Σ_batch dout
+  for (size_t k = 0; k < K; ++k)
+    for (size_t n = 0; n < N; ++n)
+      for (size_t i = 0; i < B; ++i) dW[k * N + n] += xv[i * K + k] * dv[i * N + n];  // dW = xᵀ·dout
+  for (size_t i = 0; i < B; ++i)
+    for (size_t k = 0; k < K; ++k)
+      for (size_t n = 0; n < N; ++n) dx[i * K + k] += dv[i * N + n] * Wv[k * N + n];  // dx = dout·Wᵀ
+  check_values(b.grad(), db, 1e-12);
+  check_values(W.grad(), dW, 1e-12);
+  check_values(x.grad(), dx, 1e-12);
+  check_values(b.grad(), {0.0, 1.25}, 1e-12);  // by hand: 1 + 0.5 - 1.5, -2 + 3 + 0.25
+
+  // matmul + add gives the same gradients as the fused op
+  Tensor x2 = x.detach().requires_grad_(), W2 = W.detach().requires_grad_(), b2 = b.detach().requires_grad_();
+  (matmul(x2, W2) + b2).backward(dout);
+  check_values(x2.grad(), dx, 1e-12);
+  check_values(W2.grad(), dW, 1e-12);
+  check_values(b2.grad(), db, 1e-12);
+}
+
+TEST_CASE("linalg: W shared by two linear calls accumulates both contributions") {
+  Tensor W = leaf64({3, 2}, 100), b = leaf64({2}, 101);
+  Tensor x1 = leaf64({4, 3}, 102), x2 = leaf64({2, 3}, 103);
+  Tensor d1 = leaf64({4, 2}, 104).detach(), d2 = leaf64({2, 2}, 105).detach();
+  Tensor loss = sum(linear(x1, W, b) * d1) + sum(linear(x2, W) * d2);
+  loss.backward();
+  // dW = x1ᵀ·d1 + x2ᵀ·d2      db = Σ d1 (only the first call has a bias)
+  std::vector<double> e1 = ref_mm(x1.to_vector(), d1.to_vector(), 3, 4, 2, /*ta=*/true);
+  std::vector<double> e2 = ref_mm(x2.to_vector(), d2.to_vector(), 3, 2, 2, /*ta=*/true);
+  for (size_t i = 0; i < e1.size(); ++i) e1[i] += e2[i];
+  check_values(W.grad(), e1, 1e-12);
+  std::vector<double> dv = d1.to_vector();
+  check_values(b.grad(), {dv[0] + dv[2] + dv[4] + dv[6], dv[1] + dv[3] + dv[5] + dv[7]}, 1e-12);
+  check_values(x1.grad(), ref_mm(d1.to_vector(), W.to_vector(), 4, 2, 3, false, /*tb=*/true), 1e-12);
+
+  auto f = [](const std::vector<Tensor>& in) { return linear(tanh(linear(in[0], in[1], in[2])), in[3]) + linear(in[0], in[1]); };
+  GRADCHECK(f, leaf64({2, 3}, 106), leaf64({3, 3}, 107), leaf64({3}, 108), leaf64({3, 3}, 109));
+}
+
+TEST_CASE("linalg: empty batches and an empty inner dimension") {
+  Tensor W = leaf64({4, 2}, 110), b = leaf64({2}, 111);
+  Tensor y = linear(zeros({0, 4}, kFloat64), W, b);
+  CHECK(y.shape() == Shape{0, 2});
+  sum(y).backward();
+  check_values(W.grad(), std::vector<double>(8, 0.0));
+  check_values(b.grad(), {0, 0});
+  check_values(matmul(zeros({2, 0}, kFloat64), zeros({0, 3}, kFloat64)), std::vector<double>(6, 0.0));
+  CHECK(matmul(zeros({2, 0, 4}, kFloat64), zeros({4, 3}, kFloat64)).shape() == Shape{2, 0, 3});
+}
+
+TEST_CASE("linalg: errors name the op and the shapes") {
+  Tensor a = zeros({2, 3}), b = zeros({4, 5});
+  CHECK_THROWS_WITH_AS(matmul(a, b), doctest::Contains("matmul: shapes [2,3] and [4,5] do not align"), Error);
+  CHECK_THROWS_WITH_AS(mm(a, b), doctest::Contains("matmul: shapes [2,3] and [4,5] do not align"), Error);
+  CHECK_THROWS_WITH_AS(mm(a, zeros({3, 3}), true, false), doctest::Contains("matmul: shapes [2,3]ᵀ and [3,3] do not align"), Error);
+  CHECK_THROWS_WITH_AS(mm(a, zeros({3, 4}), false, true), doctest::Contains("matmul: shapes [2,3] and [3,4]ᵀ do not align"), Error);
+  CHECK_THROWS_WITH_AS(matmul(zeros({2, 3, 4}), zeros({2, 5, 6})), doctest::Contains("matmul: shapes [2,3,4] and [2,5,6] do not align"), Error);
+  CHECK_THROWS_WITH_AS(matmul(zeros({2, 3, 4}), zeros({3, 4, 5})), doctest::Contains("matmul: batch sizes of [2,3,4] and [3,4,5] differ"), Error);
+  CHECK_THROWS_WITH_AS(matmul(zeros({2, 3, 4}), zeros({5, 6})), doctest::Contains("matmul: shapes [2,3,4] and [5,6] do not align"), Error);
+  CHECK_THROWS_WITH_AS(matmul(zeros({3}), zeros({3, 2})), doctest::Contains("matmul: supports 2-D·2-D, 3-D·3-D and 3-D·2-D operands, got [3] and [3,2]"), Error);
+  CHECK_THROWS_WITH_AS(mm(zeros({2, 3, 4}), b), doctest::Contains("matmul: mm needs 2-D operands, got [2,3,4] and [4,5]"), Error);
+  CHECK_THROWS_WITH_AS(matmul(a, zeros({3, 2}, kFloat64)), doctest::Contains("matmul: dtypes differ"), Error);
+  CHECK_THROWS_WITH_AS(matmul(from_indices({1, 2}, {1, 2}), zeros({2, 1})), doctest::Contains("matmul: int64 tensor of shape [1,2]"), Error);
+
+  Tensor x = zeros({3, 4}), W = zeros({4, 2});
+  CHECK_THROWS_WITH_AS(linear(x, W, zeros({3})), doctest::Contains("linear: shapes x [3,4], W [4,2], b [3] do not fit"), Error);
+  CHECK_THROWS_WITH_AS(linear(x, W, zeros({1, 2})), doctest::Contains("linear: shapes x [3,4], W [4,2], b [1,2] do not fit"), Error);
+  CHECK_THROWS_WITH_AS(linear(x, zeros({5, 2})), doctest::Contains("linear: shapes x [3,4], W [5,2], b none do not fit"), Error);
+  CHECK_THROWS_WITH_AS(linear(x, zeros({4})), doctest::Contains("linear: shapes x [3,4], W [4]"), Error);
+  CHECK_THROWS_WITH_AS(linear(x, zeros({4, 2}, kFloat64)), doctest::Contains("linear: dtypes differ"), Error);
+  CHECK_THROWS_WITH_AS(linear(x, W, zeros({2}, kFloat64)), doctest::Contains("linear: dtypes differ"), Error);
+  CHECK_THROWS_WITH_AS(linear(scalar_tensor(1.0), W), doctest::Contains("linear: shapes x []"), Error);
+}
