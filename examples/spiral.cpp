@@ -52,9 +52,13 @@ void write_regions_svg(const std::string& path, nn::Module& model, const Data& d
   double cell = double(S) / G;
   svg << "<svg xmlns='http://www.w3.org/2000/svg' width='" << S << "' height='" << S + 30 << "' font-family='sans-serif'>\n";
   for (int r = 0; r < G; ++r)
-    for (int c = 0; c < G; ++c)
-      svg << "<rect x='" << c * cell << "' y='" << r * cell << "' width='" << cell + 0.5 << "' height='" << cell + 0.5
-          << "' fill='" << kLight[cls[r * G + c]] << "'/>\n";
+    for (int c = 0; c < G;) {  // one rectangle per run of equal predictions along a row
+      int end = c;
+      while (end < G && cls[r * G + end] == cls[r * G + c]) ++end;
+      svg << "<rect x='" << c * cell << "' y='" << r * cell << "' width='" << (end - c) * cell + 0.5 << "' height='"
+          << cell + 0.5 << "' fill='" << kLight[cls[r * G + c]] << "'/>\n";
+      c = end;
+    }
   auto px = [&](double v) { return (v - lo) / (hi - lo) * S; };
   for (size_t i = 0; i < d.label.size(); ++i)
     svg << "<circle cx='" << px(d.xy[2 * i]) << "' cy='" << S - px(d.xy[2 * i + 1]) << "' r='3.5' fill='"
