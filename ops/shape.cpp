@@ -109,36 +109,53 @@ std::string dims_str(const std::vector<int64_t>& dims) {
   return s + ']';
 }
 
-const auto same_row = [](size_t i) { return i; };
+// Which rows of a block a copy reads or writes: start + i·step, or index[i] when an index is given.
+struct Rows {
+  size_t start = 0, step = 1;
+  const int64_t* index = nullptr;
+  size_t operator()(size_t i) const { return index ? static_cast<size_t>(index[i]) : start + i * step; }
+  bool contiguous() const { return !index && step == 1; }
+};
+Rows at(size_t start, size_t step = 1) { return Rows{start, step, nullptr}; }
+Rows indexed(const int64_t* index) { return Rows{0, 1, index}; }
 
 // The one copy kernel. src is seen as [outer, src_n, inner] and dst as [outer, dst_n, inner]
-// (inner counted in elements of T); for every o < outer and i < count, row src_row(i) of src
-// block o is copied (Add: added) into row dst_row(i) of dst block o.
-template <bool Add, class T, class SrcRow, class DstRow>
-void move_rows(const T* src, size_t src_n, T* dst, size_t dst_n, size_t outer, size_t inner, size_t count,
-               SrcRow src_row, DstRow dst_row) {
+// (inner counted in elements of T); for every o < outer and i < count, row src_rows(i) of src
+// block o is copied (Add: added) into row dst_rows(i) of dst block o. When both sides are
+// contiguous runs (cat, narrow), each block is one run of count·inner elements.
+template <bool Add, class T>
+void move_rows(const T* src, size_t src_n, Rows src_rows, T* dst, size_t dst_n, Rows dst_rows, size_t outer,
+               size_t inner, size_t count) {
+  auto move = [](const T* from, T* to, size_t n) {
+    if constexpr (Add) {
+      for (size_t k = 0; k < n; ++k) to[k] += from[k];
+    } else if (n == 1) {
+      *to = *from;  // a row of one element (the last dim): no call
+    } else {
+      std::memcpy(to, from, n * sizeof(T));
+    }
+  };
+  bool runs = src_rows.contiguous() && dst_rows.contiguous();
   for (size_t o = 0; o < outer; ++o) {
     const T* s = src + o * src_n * inner;
     T* d = dst + o * dst_n * inner;
-    for (size_t i = 0; i < count; ++i) {
-      const T* from = s + src_row(i) * inner;
-      T* to = d + dst_row(i) * inner;
-      if constexpr (Add) {
-        for (size_t k = 0; k < inner; ++k) to[k] += from[k];
-      } else {
-        std::memcpy(to, from, inner * sizeof(T));
-      }
+    if (runs) {
+      move(s + src_rows.start * inner, d + dst_rows.start * inner, count * inner);
+      continue;
     }
+    for (size_t i = 0; i < count; ++i) move(s + src_rows(i) * inner, d + dst_rows(i) * inner, inner);
   }
 }
 
-// The same for tensors of any dtype (a row is inner·element-size bytes).
-template <class SrcRow, class DstRow>
-void copy_rows(const Tensor& src, size_t src_n, const Tensor& dst, size_t dst_n, size_t outer, size_t inner,
-               size_t count, SrcRow src_row, DstRow dst_row) {
-  size_t elem = dtype_size(src.dtype());
-  move_rows<false>(static_cast<const std::byte*>(src.impl()->data), src_n, static_cast<std::byte*>(dst.impl()->data),
-                   dst_n, outer, inner * elem, count, src_row, dst_row);
+// The same for tensors of any dtype: elements are moved as 4- or 8-byte words.
+void copy_rows(const Tensor& src, size_t src_n, Rows src_rows, const Tensor& dst, size_t dst_n, Rows dst_rows,
+               size_t outer, size_t inner, size_t count) {
+  auto run = [&]<class U>() {
+    move_rows<false>(static_cast<const U*>(src.impl()->data), src_n, src_rows, static_cast<U*>(dst.impl()->data),
+                     dst_n, dst_rows, outer, inner, count);
+  };
+  if (dtype_size(src.dtype()) == 4) run.template operator()<uint32_t>();
+  else run.template operator()<uint64_t>();
 }
 
 Tensor slice_rows(const char* op, const Tensor& x, size_t d, size_t start, size_t count, size_t step);
@@ -149,8 +166,8 @@ Tensor slice_backward(const Tensor& x, const Shape& shape, size_t d, size_t star
   check_float("slice_backward", x);
   size_t count = x.shape()[d];
   Tensor out = zeros(shape, x.dtype());
-  copy_rows(x, count, out, shape[d], extent(shape, 0, d), extent(shape, d + 1, shape.rank()), count, same_row,
-            [=](size_t i) { return start + i * step; });
+  copy_rows(x, count, at(0), out, shape[d], at(start, step), extent(shape, 0, d), extent(shape, d + 1, shape.rank()),
+            count);
   return record("slice_backward", out, {x}, [d, start, count, step](Backward& g) {
     g.add(0, slice_rows("slice", g.dout(), d, start, count, step), "dx += dout[rows it was placed at]");
   });
@@ -163,8 +180,7 @@ Tensor slice_rows(const char* op, const Tensor& x, size_t d, size_t start, size_
   Shape os = s;
   os[d] = count;
   Tensor out = empty_out(x.dtype(), os);
-  copy_rows(x, s[d], out, count, extent(s, 0, d), extent(s, d + 1, s.rank()), count,
-            [=](size_t i) { return start + i * step; }, same_row);
+  copy_rows(x, s[d], at(start, step), out, count, at(0), extent(s, 0, d), extent(s, d + 1, s.rank()), count);
   Shape in_shape = s;
   return record(op, out, {x}, [in_shape, d, start, step](Backward& g) {
     g.add(0, slice_backward(g.dout(), in_shape, d, start, step), "dx += dout padded with zeros");
@@ -179,8 +195,8 @@ Tensor index_add(const Tensor& x, const Shape& shape, size_t d, const Tensor& in
   size_t m = index.numel();
   Tensor out = zeros(shape, x.dtype());
   dispatch("index_add", x.dtype(), [&]<class T>() {
-    move_rows<true>(x.data_ptr<T>(), m, out.data_ptr<T>(), shape[d], extent(shape, 0, d),
-                    extent(shape, d + 1, shape.rank()), m, same_row, [idx](size_t i) { return static_cast<size_t>(idx[i]); });
+    move_rows<true>(x.data_ptr<T>(), m, at(0), out.data_ptr<T>(), shape[d], indexed(idx), extent(shape, 0, d),
+                    extent(shape, d + 1, shape.rank()), m);
   });
   return record("index_add", out, {x, index}, [d](Backward& g) {
     g.add(0, index_select(g.dout(), static_cast<int64_t>(d), g.input(1)), "dx += index_select(dout, index)");
@@ -191,7 +207,7 @@ using Perm = std::array<size_t, Shape::kMaxRank>;
 
 // permute: y[i_0, .., i_r] = x[j] with j[perm[k]] = i_k, so y.shape[k] = x.shape[perm[k]]
 //   dx = permute(dy, inverse(perm))
-// An odometer over y's indices walks x with the permuted strides; the last dim is the inner loop.
+// An odometer over y's other dims walks x with the permuted strides; the inner loops copy a tile.
 Tensor permute_impl(const char* op, const Tensor& x, const Perm& perm) {
   const Shape& s = x.shape();
   size_t rank = s.rank();
@@ -212,16 +228,31 @@ Tensor permute_impl(const char* op, const Tensor& x, const Perm& perm) {
       dst[0] = src[0];
       return;
     }
-    size_t last = os[rank - 1], last_stride = stride[rank - 1];
+    Perm dstride{};  // y's row-major strides
+    for (size_t k = 0; k < rank; ++k) dstride[k] = extent(os, k + 1, rank);
+    // y's last dim b is written contiguously; y's dim a reads x's last dim contiguously. When they
+    // differ, [a, b] is copied in tiles so that reads and writes both stay in cache.
+    size_t b = rank - 1, a = inverse[rank - 1];
+    bool tiled = a != b;
+    size_t na = tiled ? os[a] : 1, nb = os[b], sa = tiled ? stride[a] : 0, da = tiled ? dstride[a] : 0,
+           sb = stride[b];
+    constexpr size_t kTile = 32;
     Perm idx{};
-    size_t off = 0;
-    for (size_t row = 0, rows = n / last; row < rows; ++row) {
-      for (size_t j = 0; j < last; ++j) *dst++ = src[off + j * last_stride];
-      for (size_t a = rank - 1; a-- > 0;) {  // next row: carry through the outer dims
-        off += stride[a];
-        if (++idx[a] < os[a]) break;
-        off -= idx[a] * stride[a];
-        idx[a] = 0;
+    size_t src_off = 0, dst_off = 0;
+    for (size_t block = 0, blocks = n / (na * nb); block < blocks; ++block) {
+      for (size_t i0 = 0; i0 < na; i0 += kTile)
+        for (size_t j0 = 0; j0 < nb; j0 += kTile)
+          for (size_t i = i0, ie = std::min(i0 + kTile, na); i < ie; ++i)
+            for (size_t j = j0, je = std::min(j0 + kTile, nb); j < je; ++j)
+              dst[dst_off + i * da + j] = src[src_off + i * sa + j * sb];
+      for (size_t k = b; k-- > 0;) {  // next block: carry through the other dims of y
+        if (tiled && k == a) continue;
+        src_off += stride[k];
+        dst_off += dstride[k];
+        if (++idx[k] < os[k]) break;
+        src_off -= idx[k] * stride[k];
+        dst_off -= idx[k] * dstride[k];
+        idx[k] = 0;
       }
     }
   };
@@ -294,7 +325,7 @@ Tensor select(const Tensor& x, int64_t dim, int64_t index) {
   Shape os = s;
   os.erase(d);
   Tensor out = empty_out(x.dtype(), os);
-  copy_rows(x, s[d], out, 1, extent(s, 0, d), extent(s, d + 1, s.rank()), 1, [i](size_t) { return i; }, same_row);
+  copy_rows(x, s[d], at(i), out, 1, at(0), extent(s, 0, d), extent(s, d + 1, s.rank()), 1);
   Shape in_shape = s;
   return record("select", out, {x}, [in_shape, d, i](Backward& g) {
     g.add(0, slice_backward(unsqueeze(g.dout(), static_cast<int64_t>(d)), in_shape, d, i, 1),
@@ -327,7 +358,7 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
   Tensor out = empty_out(x0.dtype(), os);
   size_t outer = extent(os, 0, d), inner = extent(os, d + 1, os.rank()), off = 0;
   for (size_t k = 0; k < xs.size(); ++k) {
-    copy_rows(xs[k], sizes[k], out, total, outer, inner, sizes[k], same_row, [off](size_t i) { return off + i; });
+    copy_rows(xs[k], sizes[k], at(0), out, total, at(off), outer, inner, sizes[k]);
     off += sizes[k];
   }
   return record("cat", out, xs, [d, sizes](Backward& g) {
@@ -359,7 +390,7 @@ Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
   Tensor out = empty_out(x0.dtype(), os);
   size_t outer = extent(s, 0, d), inner = extent(s, d, s.rank());  // each x_k seen as [outer, 1, inner]
   for (size_t k = 0; k < xs.size(); ++k)
-    copy_rows(xs[k], 1, out, xs.size(), outer, inner, 1, same_row, [k](size_t) { return k; });
+    copy_rows(xs[k], 1, at(0), out, xs.size(), at(k), outer, inner, 1);
   return record("stack", out, xs, [d, n = xs.size()](Backward& g) {
     for (size_t k = 0; k < n; ++k)
       if (g.wants(k)) g.add(k, select(g.dout(), static_cast<int64_t>(d), static_cast<int64_t>(k)), "dx_k += select(dout, k)");
@@ -384,8 +415,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   Shape os = s;
   os[d] = m;
   Tensor out = empty_out(x.dtype(), os);
-  copy_rows(x, s[d], out, m, extent(s, 0, d), extent(s, d + 1, s.rank()), m,
-            [idx](size_t i) { return static_cast<size_t>(idx[i]); }, same_row);
+  copy_rows(x, s[d], indexed(idx), out, m, at(0), extent(s, 0, d), extent(s, d + 1, s.rank()), m);
   Shape in_shape = s;
   return record("index_select", out, {x, index}, [in_shape, d](Backward& g) {
     g.add(0, index_add(g.dout(), in_shape, d, g.input(1)), "dx += index_add(dout): repeats add up");
