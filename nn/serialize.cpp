@@ -3,7 +3,9 @@
 // read past the end).
 #include "serialize.hpp"
 
+#include <algorithm>
 #include <array>
+#include <cstdint>
 #include <bit>
 #include <cstdio>
 #include <cstring>
@@ -131,11 +133,15 @@ Tensor parse_npy(const std::string& where, const char* p, size_t n) {
     while (i + 1 < shape_s.size() && shape_s[i] >= '0' && shape_s[i] <= '9') v = v * 10 + size_t(shape_s[i++] - '0');
     shape.push_back(v);
   }
+  // The size the header promises, checked against the bytes present before allocating anything.
+  size_t data = start + hlen, need = dtype_size(dtype);
+  for (size_t d : shape)
+    if (d != 0 && need > (n - data) / d + 1) need = SIZE_MAX;  // more than the file could hold
+    else need *= d;
+  if (need == SIZE_MAX || n - data != need)
+    fail("load: ", where, ": holds ", n - data, " data bytes, but shape ", shape, " ", dtype, " needs ",
+         need == SIZE_MAX ? std::string("more") : std::to_string(need), n - data < need ? " (truncated)" : "");
   Tensor t = empty(shape, dtype);
-  size_t data = start + hlen;
-  if (n - data != nbytes(t))
-    fail("load: ", where, ": holds ", n - data, " data bytes, but shape ", shape, " ", dtype, " needs ", nbytes(t),
-         n - data < nbytes(t) ? " (truncated)" : "");
   std::memcpy(raw(t), p + data, nbytes(t));
   return t;
 }
@@ -260,13 +266,14 @@ std::vector<NamedTensor> read_npz(const std::string& path) {
     need(at + 46, nlen + xlen + clen, "central directory entry");
     std::string fname(b.data() + at + 46, nlen);
     // zip64 extra field (Python's zipfile may add it): the 64-bit values that were 0xFFFFFFFF.
-    for (size_t x = at + 46 + nlen; x + 4 <= at + 46 + nlen + xlen;) {
+    const size_t extra_end = at + 46 + nlen + xlen;  // inside the file: checked by need() above
+    for (size_t x = at + 46 + nlen; x + 4 <= extra_end;) {
       uint32_t id = get16(b, x), len = get16(b, x + 2);
-      size_t y = x + 4;
+      size_t y = x + 4, field_end = std::min(extra_end, x + 4 + len);
       if (id == 1) {
-        if (usize == 0xFFFFFFFFu && y + 8 <= x + 4 + len) usize = get64(b, y), y += 8;
-        if (csize == 0xFFFFFFFFu && y + 8 <= x + 4 + len) csize = get64(b, y), y += 8;
-        if (offset == 0xFFFFFFFFu && y + 8 <= x + 4 + len) offset = get64(b, y), y += 8;
+        if (usize == 0xFFFFFFFFu && y + 8 <= field_end) usize = get64(b, y), y += 8;
+        if (csize == 0xFFFFFFFFu && y + 8 <= field_end) csize = get64(b, y), y += 8;
+        if (offset == 0xFFFFFFFFu && y + 8 <= field_end) offset = get64(b, y), y += 8;
       }
       x += 4 + len;
     }

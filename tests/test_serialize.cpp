@@ -65,6 +65,19 @@ TEST_CASE("serialize: .npy round trip keeps dtype, shape and values; the header 
   CHECK(nn::load_npy(path).shape() == Shape{});
 }
 
+TEST_CASE("serialize: a .npy header promising more data than the file holds is refused before allocating") {
+  std::string path = tmp_path("huge.npy");
+  std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (4000000000, 4000000000), }";
+  header.append(64 - (10 + header.size() + 1) % 64, ' ');
+  header.push_back('\n');
+  std::string file = std::string("\x93NUMPY\x01\x00", 8) + char(header.size() & 0xFF) + char(header.size() >> 8) + header + "12345678";
+  std::ofstream(path, std::ios::binary).write(file.data(), static_cast<std::streamsize>(file.size()));
+  CHECK_THROWS_WITH_AS(nn::load_npy(path), doctest::Contains("needs more"), Error);
+  Tensor empty_rows = zeros(Shape{0, 3}, kFloat32);
+  nn::save_npy(empty_rows, path);
+  CHECK(nn::load_npy(path).shape() == Shape{0, 3});
+}
+
 TEST_CASE("serialize: save→load .npz round trip into a freshly initialised model") {
   std::string path = tmp_path("mlp.npz");
   Generator g1(1), g2(2);
