@@ -60,10 +60,25 @@ static size_t header_size() { return (sizeof(TensorImpl) + 15) / 16 * 16; }
 // Smaller data (a scalar in a long chain) stays packed right after the header.
 static constexpr size_t kAlign = 64;
 
+// Bytes for `shape` of `dtype`; an Error when the size does not fit (the product of huge extents
+// would otherwise wrap around to a small buffer).
+static size_t checked_nbytes(Dtype dtype, const Shape& shape) {
+  size_t n = dtype_size(dtype);
+  for (size_t d : shape)
+    if (__builtin_mul_overflow(n, d, &n) || n > (size_t(1) << 48))
+      fail("tensor of shape ", shape, " and dtype ", dtype, " is too large to allocate");
+  return n;
+}
+
 Ref<TensorImpl> TensorImpl::create(Dtype dtype, const Shape& shape) {
-  size_t nbytes = shape.numel() * dtype_size(dtype);
+  size_t nbytes = checked_nbytes(dtype, shape);
   size_t slack = nbytes >= kAlign ? kAlign - 1 : 0;
-  void* mem = detail::pool_alloc(header_size() + slack + nbytes);
+  void* mem;
+  try {
+    mem = detail::pool_alloc(header_size() + slack + nbytes);
+  } catch (const std::bad_alloc&) {
+    fail("out of memory allocating a tensor of shape ", shape, " (", nbytes, " bytes)");
+  }
   auto* p = new (mem) TensorImpl;
   p->dtype = dtype;
   p->shape = shape;
@@ -180,7 +195,12 @@ static void write_at(TensorImpl* p, size_t i, double v) {
   switch (p->dtype) {
     case kFloat32: static_cast<float*>(p->data)[i] = static_cast<float>(v); break;
     case kFloat64: static_cast<double*>(p->data)[i] = v; break;
-    case kInt64: static_cast<int64_t*>(p->data)[i] = static_cast<int64_t>(v); break;
+    case kInt64:
+      // 2^63 itself is out of range; NaN fails both comparisons
+      if (!(v >= -9223372036854775808.0 && v < 9223372036854775808.0))
+        fail("int64 tensor: value ", v, " is not representable as int64");
+      static_cast<int64_t*>(p->data)[i] = static_cast<int64_t>(v);
+      break;
   }
 }
 
@@ -261,6 +281,7 @@ Tensor arange(double start, double end, double step, TensorOptions opt) {
   if (step == 0 || !std::isfinite(start) || !std::isfinite(end) || !std::isfinite(step))
     fail("arange: start ", start, ", end ", end, ", step ", step, " do not give a finite range");
   double count = std::ceil((end - start) / step);
+  if (count > 1e15) fail("arange: start ", start, ", end ", end, ", step ", step, " give too many elements");
   size_t n = count > 0 ? static_cast<size_t>(count) : 0;
   auto p = TensorImpl::create(opt.dtype_, Shape{n});
   for (size_t i = 0; i < n; ++i) write_at(p.get(), i, start + step * static_cast<double>(i));
