@@ -6,8 +6,8 @@ namespace tapegrad {
 using namespace kernel;
 
 // out = f(a, b) with broadcasting. Same shapes and scalar operands take plain loops (the compiler
-// vectorises them, and they cost nothing to set up for tiny tensors); the general case uses
-// xtensor's broadcasting.
+// vectorises them, and they cost nothing to set up for tiny tensors); the general case walks the
+// broadcast with per-operand strides (kernel::broadcast_binary).
 template <class F>
 static Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
   check_same_dtype(op, a, b);
@@ -27,8 +27,7 @@ static Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
       const T s = x[0];
       for (size_t i = 0; i < n; ++i) o[i] = f(s, y[i]);
     } else {
-      auto on = nd_mut<T>(out);
-      xt::noalias(on) = f(nd<T>(a), nd<T>(b));
+      broadcast_binary<T>(x, a.shape(), y, b.shape(), o, shape, f);
     }
   });
   return out;
@@ -82,9 +81,10 @@ Tensor neg(const Tensor& x) {
   return record("neg", out, {x}, [](Backward& g) { g.add(0, neg(g.dout())); });
 }
 
+// (For an int64 x the op itself then reports the dtype, naming the op.)
 Tensor scalar_like(const Tensor& x, double value) {
-  check_float("scalar", x);
-  return scalar_tensor(value, x.dtype());
+  if (!x.defined()) fail("scalar operand: undefined tensor");
+  return scalar_tensor(value, x.dtype() == kInt64 ? kFloat32 : x.dtype());
 }
 
 Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }

@@ -50,6 +50,44 @@ inline void check_same_dtype(const char* op, const Tensor& a, const Tensor& b) {
          "); convert one explicitly");
 }
 
+// o = f(a, b) where a and b broadcast to o's shape (NumPy rules; shapes already checked).
+// Each operand gets a stride of 0 along the dims it is broadcast over; the outer dims are walked
+// with an odometer and the innermost dim is a plain loop specialised for stride 0 or 1 on each
+// side, so row and column broadcasts vectorise like same-shape ones.
+template <class T, class F>
+void broadcast_binary(const T* a, const Shape& as, const T* b, const Shape& bs, T* o, const Shape& os, F f) {
+  size_t rank = os.rank(), n = os.numel();
+  if (n == 0) return;
+  size_t sa[Shape::kMaxRank] = {}, sb[Shape::kMaxRank] = {}, idx[Shape::kMaxRank] = {};
+  for (size_t d = rank, ka = 1, kb = 1; d-- > 0;) {
+    size_t da = d + as.rank() >= rank ? as[d + as.rank() - rank] : 1;
+    size_t db = d + bs.rank() >= rank ? bs[d + bs.rank() - rank] : 1;
+    sa[d] = da == 1 ? 0 : ka;
+    sb[d] = db == 1 ? 0 : kb;
+    ka *= da;
+    kb *= db;
+  }
+  size_t inner = rank ? os[rank - 1] : 1, ia = rank ? sa[rank - 1] : 0, ib = rank ? sb[rank - 1] : 0;
+  size_t oa = 0, ob = 0;
+  for (size_t start = 0; start < n; start += inner) {
+    const T* x = a + oa;
+    const T* y = b + ob;
+    T* out = o + start;
+    if (ia && ib) for (size_t i = 0; i < inner; ++i) out[i] = f(x[i], y[i]);
+    else if (ia) for (size_t i = 0; i < inner; ++i) out[i] = f(x[i], y[0]);
+    else if (ib) for (size_t i = 0; i < inner; ++i) out[i] = f(x[0], y[i]);
+    else for (size_t i = 0; i < inner; ++i) out[i] = f(x[0], y[0]);
+    for (size_t d = rank - 1; d-- > 0;) {  // odometer over the outer dims
+      oa += sa[d];
+      ob += sb[d];
+      if (++idx[d] < os[d]) break;
+      oa -= sa[d] * os[d];
+      ob -= sb[d] * os[d];
+      idx[d] = 0;
+    }
+  }
+}
+
 // out = x summed over `axes` (sorted, unique); out holds the kept elements in row-major order.
 // Fast paths: leading axes (out[j] = Σ_i x[i·inner + j], the bias gradient) and trailing axes
 // (out[i] = Σ_j x[i·inner + j], row sums); both vectorise. Otherwise xtensor, evaluated
