@@ -19,9 +19,32 @@ Tensor put_along(const Tensor& src, const Tensor& idx, size_t axis, const Shape&
 namespace {
 
 // ---- softmax kernel --------------------------------------------------------------------------------
-// x laid out as [outer, n, inner] around the softmax dim; inner == 1 is the common case (last dim).
-// Passes: lane max m; y = x - m; e = exp(y) vectorised over everything; lane sums s; then
-// log_softmax: y -= ln s, softmax: y = e / s.
+// max and sum of a contiguous row with 8 independent accumulators, so they vectorise (a single
+// running max or sum is a chain of dependent instructions, ~4 cycles per element)
+template <class T>
+T row_max(const T* x, size_t n) {
+  T m[8];
+  std::fill(m, m + 8, x[0]);
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (size_t j = 0; j < 8; ++j) m[j] = x[k + j] > m[j] ? x[k + j] : m[j];
+  for (; k < n; ++k) m[0] = x[k] > m[0] ? x[k] : m[0];
+  for (size_t j = 1; j < 8; ++j) m[0] = m[j] > m[0] ? m[j] : m[0];
+  return m[0];
+}
+template <class T>
+T row_sum(const T* x, size_t n) {
+  T s[8] = {};
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (size_t j = 0; j < 8; ++j) s[j] += x[k + j];
+  for (; k < n; ++k) s[0] += x[k];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+// x laid out as [outer, n, inner] around the softmax dim; a lane is the n elements (o, ·, i).
+// Passes: lane max m; y = x - m; y = exp(y) in place, vectorised over everything; lane sums s;
+// then softmax: y /= s, log_softmax: y = (x - m) - ln s. A NaN anywhere in a lane makes it NaN.
 template <class T>
 void softmax_kernel(const Tensor& x, const Tensor& out, size_t axis, bool log) {
   const Shape& s = x.shape();
@@ -32,41 +55,56 @@ void softmax_kernel(const Tensor& x, const Tensor& out, size_t axis, bool log) {
   if (total == 0) return;
   const T* src = x.data_ptr<T>();
   T* y = out.data_ptr<T>();
-  std::vector<T> m(lanes), sum(lanes, T(0)), e(total);
+  std::vector<T> m(lanes), sum(lanes, T(0));
+  auto exp_in_place = [&] {
+    auto yv = xt::adapt(y, total, xt::no_ownership(), std::array<size_t, 1>{total});
+    xt::noalias(yv) = xt::exp(yv);  // same-index elementwise: in place is safe
+  };
 
-  // element (o, k, i) is at (o·n + k)·inner + i; its lane is o·inner + i
+  if (inner == 1) {  // fast path (the last dim): each lane is a contiguous row
+    for (size_t o = 0; o < outer; ++o) {
+      const T* xr = src + o * n;
+      T* yr = y + o * n;
+      T mx = m[o] = row_max(xr, n);
+      for (size_t k = 0; k < n; ++k) yr[k] = xr[k] - mx;
+    }
+    exp_in_place();
+    for (size_t o = 0; o < outer; ++o) {
+      const T* xr = src + o * n;
+      T* yr = y + o * n;
+      T total_exp = row_sum(yr, n);
+      if (log) {
+        T mx = m[o], ls = std::log(total_exp);  // (x - m) - ln s: exact for x near m, even in float32
+        for (size_t k = 0; k < n; ++k) yr[k] = (xr[k] - mx) - ls;
+      } else {
+        T inv = T(1) / total_exp;
+        for (size_t k = 0; k < n; ++k) yr[k] *= inv;
+      }
+    }
+    return;
+  }
+  // general path: element (o, k, i) is at (o·n + k)·inner + i and its lane is o·inner + i; the
+  // loops run over i innermost, so memory is read in order
   for (size_t o = 0; o < outer; ++o) {
     T* mo = m.data() + o * inner;
     const T* xo = src + o * n * inner;
-    if (inner == 1) {
-      T mx = xo[0];
-      for (size_t k = 1; k < n; ++k) mx = xo[k] > mx ? xo[k] : mx;
-      mo[0] = mx;
-    } else {
-      std::copy(xo, xo + inner, mo);
-      for (size_t k = 1; k < n; ++k)
-        for (size_t i = 0; i < inner; ++i) mo[i] = xo[k * inner + i] > mo[i] ? xo[k * inner + i] : mo[i];
-    }
+    std::copy(xo, xo + inner, mo);
+    for (size_t k = 1; k < n; ++k)
+      for (size_t i = 0; i < inner; ++i) mo[i] = xo[k * inner + i] > mo[i] ? xo[k * inner + i] : mo[i];
     for (size_t k = 0; k < n; ++k)
       for (size_t i = 0; i < inner; ++i) y[(o * n + k) * inner + i] = xo[k * inner + i] - mo[i];
   }
-  {
-    auto ev = xt::adapt(e.data(), total, xt::no_ownership(), std::array<size_t, 1>{total});
-    auto yv = xt::adapt(static_cast<const T*>(y), total, xt::no_ownership(), std::array<size_t, 1>{total});
-    xt::noalias(ev) = xt::exp(yv);
-  }
-  for (size_t o = 0; o < outer; ++o)
-    for (size_t k = 0; k < n; ++k)
-      for (size_t i = 0; i < inner; ++i) sum[o * inner + i] += e[(o * n + k) * inner + i];
+  exp_in_place();
   for (size_t o = 0; o < outer; ++o) {
-    for (size_t i = 0; i < inner; ++i) {
-      T& si = sum[o * inner + i];
-      si = log ? std::log(si) : T(1) / si;
-    }
+    T* so = sum.data() + o * inner;
+    for (size_t k = 0; k < n; ++k)
+      for (size_t i = 0; i < inner; ++i) so[i] += y[(o * n + k) * inner + i];
+    const T* mo = m.data() + o * inner;
+    for (size_t i = 0; i < inner; ++i) so[i] = log ? std::log(so[i]) : T(1) / so[i];
     for (size_t k = 0; k < n; ++k)
       for (size_t i = 0; i < inner; ++i) {
         size_t j = (o * n + k) * inner + i;
-        y[j] = log ? y[j] - sum[o * inner + i] : e[j] * sum[o * inner + i];
+        y[j] = log ? (src[j] - mo[i]) - so[i] : y[j] * so[i];
       }
   }
 }
