@@ -214,17 +214,20 @@ void explain_add(const Node& node, size_t i, const char* rule, const Tensor& gra
 
 void explain_visit(const TensorImpl* t, const Tensor& dout) {
   ExplainGuard* ex = explain_current;
-  ExplainNode& n = ex->node_for(t, t->node ? t->node->name : "");
-  n.grad_norm = norm_of(dout);
-  std::ostringstream os;
-  os << "#" << (t->node ? t->node->seq : n.id) << " " << (t->node ? t->node->name : "leaf") << " " << t->shape
-     << "   |dout| = " << n.grad_norm;
-  ex->add_line(os.str());
+  double norm = norm_of(dout);
+  uint64_t id = ex->node_for(t, t->node ? t->node->name : "").id;
+  std::vector<uint64_t> inputs;  // node_for may grow ex->nodes: hold no reference across it
   if (t->node)
     for (uint32_t k = 0; k < t->node->n_inputs; ++k) {
       const TensorImpl* in = t->node->inputs[k].input.impl();
-      if (in->has(TensorImpl::kRequiresGrad)) n.inputs.push_back(ex->node_for(in, in->node ? in->node->name : "").id);
+      if (in->has(TensorImpl::kRequiresGrad)) inputs.push_back(ex->node_for(in, in->node ? in->node->name : "").id);
     }
+  ExplainNode& n = ex->node_for(t, "");
+  n.grad_norm = norm;
+  n.inputs = std::move(inputs);
+  std::ostringstream os;
+  os << "#" << id << " " << (t->node ? t->node->name : "leaf") << " " << t->shape << "   |dout| = " << norm;
+  ex->add_line(os.str());
 }
 
 void explain_fan_out(const TensorImpl* t, const char* op, const Tensor& grad) {

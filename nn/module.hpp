@@ -7,7 +7,8 @@
 #include <utility>
 #include <vector>
 
-#include <tapegrad/tapegrad.hpp>
+#include "../engine/interop.hpp"
+#include "../ops/ops.hpp"
 
 namespace tapegrad::nn {
 

@@ -35,6 +35,18 @@ auto nd_mut(const Tensor& t) {
   return xt::adapt(static_cast<T*>(t.impl()->data), t.numel(), xt::no_ownership(), xshape(t.shape()));
 }
 
+}  // namespace tapegrad::kernel
+
+namespace tapegrad::detail {
+// One element per lane along `axis` (reduce.cpp), each the other's backward: take_along picks
+// x at idx (int64, x's shape with size 1 at axis); put_along scatters src into zeros of `shape`.
+// They route max/min and nll_loss gradients.
+Tensor take_along(const Tensor& x, const Tensor& idx, size_t axis);
+Tensor put_along(const Tensor& src, const Tensor& idx, size_t axis, const Shape& shape);
+}  // namespace tapegrad::detail
+
+namespace tapegrad::kernel {
+
 // A fresh output with uninitialised data.
 inline Tensor empty_out(Dtype d, const Shape& s) { return Tensor(TensorImpl::create(d, s)); }
 

@@ -9,12 +9,6 @@
 namespace tapegrad {
 using namespace kernel;
 
-namespace detail {
-// Defined in reduce.cpp (no public header yet): one element per lane along `axis`, each the
-// other's backward. idx is int64 with src's shape and size 1 at axis.
-Tensor take_along(const Tensor& x, const Tensor& idx, size_t axis);
-Tensor put_along(const Tensor& src, const Tensor& idx, size_t axis, const Shape& shape);
-}  // namespace detail
 
 namespace {
 

@@ -9,11 +9,6 @@
 namespace tapegrad {
 using namespace kernel;
 
-namespace detail {
-// Declared here and in loss.cpp (they have no public header yet).
-Tensor take_along(const Tensor& x, const Tensor& idx, size_t axis);
-Tensor put_along(const Tensor& src, const Tensor& idx, size_t axis, const Shape& shape);
-}  // namespace detail
 
 namespace {
 

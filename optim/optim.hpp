@@ -5,7 +5,8 @@
 #include <cstdint>
 #include <vector>
 
-#include <tapegrad/tapegrad.hpp>
+#include "../engine/interop.hpp"
+#include "../ops/ops.hpp"
 
 namespace tapegrad::optim {
 

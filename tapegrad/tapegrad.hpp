@@ -8,3 +8,4 @@
 #include "../engine/node.hpp"
 #include "../engine/tensor.hpp"
 #include "../ops/ops.hpp"
+#include "../nn/nn.hpp"  // nn:: modules, save/load, and optim:: (engine → ops → nn → optim)
