@@ -406,3 +406,23 @@ TEST_CASE("Finding F6: int64 factories refuse values outside int64") {
   CHECK_THROWS_AS(from_vector({-INFINITY}, {1}, kInt64), Error);
   check_values(full({2}, -3.0, kInt64), {-3, -3});
 }
+
+// Finding F8 (the sanitizer suite: "explain mode prints each rule..." in test_higher_order.cpp):
+// heap-use-after-free in engine/debug.cpp explain_visit. It holds `ExplainNode& n` into
+// ExplainGuard::nodes, then `n.inputs.push_back(ex->node_for(in, ...).id)`: node_for may append to
+// `nodes` and reallocate, so the push goes into freed memory and the input is lost. Take the id
+// first (or index the node) before pushing.
+TEST_CASE("Finding F8: explain mode records every input of every node") {
+  Tensor x = tensor({1.0, 2.0}, dtype(kFloat64).requires_grad());
+  Tensor y = x;
+  for (int i = 0; i < 40; ++i) y = mul(y, tensor({1.0, 1.0}, dtype(kFloat64).requires_grad()));  // many new nodes
+  ExplainGuard ex;
+  sum(y).backward();
+  size_t muls = 0;
+  for (const ExplainNode& n : ex.nodes)
+    if (n.op == "mul") {
+      ++muls;
+      CHECK(n.inputs.size() == 2);
+    }
+  CHECK(muls == 40);
+}

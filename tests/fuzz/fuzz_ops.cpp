@@ -86,7 +86,8 @@ struct Program {
   }
   size_t extent() {
     int c = in.ConsumeIntegralInRange<int>(0, 31);
-    if (c == 0 && f5_fixed) return in.ConsumeBool() ? (size_t(1) << 32) : std::numeric_limits<size_t>::max();  // overflow bait
+    // overflow bait: alone its bytes overflow size_t (an honest huge request would only test the machine)
+    if (c == 0 && f5_fixed) return in.ConsumeBool() ? (size_t(1) << 62) : std::numeric_limits<size_t>::max();
     return static_cast<size_t>(c % 5);  // 0..4, zero-size dims included
   }
   Shape shape() {
@@ -116,7 +117,12 @@ struct Program {
 
   Tensor make() {
     Shape s = shape();
-    if (s.numel() > kMaxNumel) return zeros(s, dtype());  // the library must refuse or cope
+    bool overflows = false;  // the element count, or its bytes, past size_t: must be an Error
+    size_t n = 1;
+    for (size_t e : s) overflows |= __builtin_mul_overflow(n, e, &n);
+    overflows |= __builtin_mul_overflow(n, size_t(8), &n);
+    if (overflows) return zeros(s, dtype());
+    if (s.numel() > kMaxNumel) return Tensor();  // merely big: an honest request, not tried
     Dtype d = dtype();
     auto value = [this, d] {
       double v = this->value();
@@ -127,8 +133,9 @@ struct Program {
       case 0: t = full(s, value(), d); break;
       case 1: {
         double a = value(), b = value(), step = value();
-        // F5 (sizes are not validated) covers arange's count too: keep it small while unfixed
-        if (!f5_fixed && !(std::fabs((b - a) / step) < 1e4)) step = b - a;
+        // counts past 1e4 are honest big requests, except those whose bytes overflow (F5)
+        double count = std::fabs((b - a) / step);
+        if (!(count < 1e4) && (!f5_fixed || count < 2.4e18)) step = b - a;
         t = arange(a, b, step, d);
         break;
       }
