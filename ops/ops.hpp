@@ -49,6 +49,9 @@ Tensor pow(const Tensor& x, const Tensor& exponent);  // broadcasting; d/dexp = 
 Tensor abs(const Tensor& x);                          // d|x|/dx = sign(x), 0 at 0
 Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
+// Their derivative rules as ops, given the incoming gradient and the op's output y.
+Tensor tanh_backward(const Tensor& dy, const Tensor& y);     // dy·(1 - y²)
+Tensor sigmoid_backward(const Tensor& dy, const Tensor& y);  // dy·y·(1 - y)
 Tensor relu(const Tensor& x);  // derivative 0 at 0
 Tensor leaky_relu(const Tensor& x, double negative_slope = 0.01);
 Tensor gelu(const Tensor& x);  // exact: x·Φ(x)

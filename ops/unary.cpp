@@ -57,10 +57,43 @@ Tensor normal_cdf(const Tensor& x) {
 // tanh: y = tanh(x)      dx = dy·(1 - y²)
 Tensor tanh(const Tensor& x) {
   Tensor out = unary("tanh", x, [](auto&& v) { return xt::tanh(v); });
-  return record("tanh", out, {x}, [](Backward& g) {
-    const Tensor& y = g.out();
-    g.add(0, g.dout() * (1.0 - y * y));
+  return record("tanh", out, {x}, [](Backward& g) { g.add(0, tanh_backward(g.dout(), g.out()), "dx = dout·(1 - y²)"); });
+}
+
+// The derivative rules of tanh and sigmoid as single ops: one pass and one buffer instead of
+// three or four temporaries, in the backward of every tanh/sigmoid layer. Each is differentiable.
+template <class F>
+static Tensor from_output_rule(const char* op, const Tensor& dy, const Tensor& y, F f) {
+  check_same_dtype(op, dy, y);
+  if (dy.shape() != y.shape()) fail(op, ": gradient ", dy.shape(), " and output ", y.shape(), " differ");
+  Tensor out = empty_out(y.dtype(), y.shape());
+  dispatch(op, y.dtype(), [&]<class T>() {
+    const T* d = dy.data_ptr<T>();
+    const T* v = y.data_ptr<T>();
+    T* o = out.data_ptr<T>();
+    for (size_t i = 0, n = y.numel(); i < n; ++i) o[i] = f(d[i], v[i]);
   });
+  return out;
+}
+
+// tanh_backward: dx = dy·(1 - y²)      d(dy) = ddx·(1 - y²)      d(y) = -2·ddx·dy·y
+Tensor tanh_backward(const Tensor& dy, const Tensor& y) {
+  Tensor out = from_output_rule("tanh_backward", dy, y, [](auto d, auto v) { return d * (1 - v * v); });
+  return record("tanh_backward", out, {dy, y}, [](Backward& g) {
+    const Tensor &dy = g.input(0), &y = g.input(1);
+    if (g.wants(0)) g.add(0, tanh_backward(g.dout(), y));
+    if (g.wants(1)) g.add(1, g.dout() * dy * y * -2.0);
+  }, "dy y");
+}
+
+// sigmoid_backward: dx = dy·y·(1 - y)      d(dy) = ddx·y·(1 - y)      d(y) = ddx·dy·(1 - 2y)
+Tensor sigmoid_backward(const Tensor& dy, const Tensor& y) {
+  Tensor out = from_output_rule("sigmoid_backward", dy, y, [](auto d, auto v) { return d * v * (1 - v); });
+  return record("sigmoid_backward", out, {dy, y}, [](Backward& g) {
+    const Tensor &dy = g.input(0), &y = g.input(1);
+    if (g.wants(0)) g.add(0, sigmoid_backward(g.dout(), y));
+    if (g.wants(1)) g.add(1, g.dout() * dy * (1.0 - 2.0 * y));
+  }, "dy y");
 }
 
 // exp: y = eˣ      dx = dy·y
@@ -143,8 +176,7 @@ Tensor sigmoid(const Tensor& x) {
     return T(1) / (T(1) + xt::exp(-v));
   });
   return record("sigmoid", out, {x}, [](Backward& g) {
-    const Tensor& y = g.out();
-    g.add(0, g.dout() * y * (1.0 - y));
+    g.add(0, sigmoid_backward(g.dout(), g.out()), "dx = dout·y·(1 - y)");
   });
 }
 

@@ -253,3 +253,14 @@ TEST_CASE("anomaly mode names the op that first produced NaN or Inf") {
   Tensor inf = 1.0 / x;  // outside the guard: no check
   CHECK(std::isinf(inf.to_vector()[0]));
 }
+
+TEST_CASE("tanh_backward and sigmoid_backward are differentiable ops of their own") {
+  Tensor dy = leaf64({2, 3}, 61), y = leaf64({2, 3}, 62, -0.9, 0.9);
+  CHECK_GRADCHECK([](auto& t) { return tanh_backward(t[0], t[1]); }, (std::vector<Tensor>{dy, y}));
+  CHECK_GRADCHECK([](auto& t) { return sigmoid_backward(t[0], t[1]); }, (std::vector<Tensor>{dy, y}));
+  CHECK(gradgradcheck([](auto& t) { return tanh_backward(t[0], t[1]); }, {dy, y}).ok);
+  CHECK(gradgradcheck([](auto& t) { return sigmoid_backward(t[0], t[1]); }, {dy, y}).ok);
+  double d = dy.to_vector()[0], v = y.to_vector()[0];
+  CHECK(tanh_backward(dy, y).to_vector()[0] == doctest::Approx(d * (1 - v * v)));
+  CHECK_THROWS_WITH_AS(tanh_backward(dy, leaf64({3}, 1)), doctest::Contains("tanh_backward: gradient [2,3] and output [3]"), Error);
+}
