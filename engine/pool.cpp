@@ -22,14 +22,27 @@ namespace {
 constexpr size_t kGranule = 16;
 constexpr size_t kHeader = 8;
 constexpr size_t kClasses = 1024 / kGranule;       // blocks up to 1 KiB are pooled
-constexpr size_t kMaxCachedBytes = size_t(64) << 20;  // per thread; beyond that, back to malloc
+constexpr size_t kMaxSmallBytes = size_t(64) << 20;   // per thread; beyond that, back to malloc
+constexpr size_t kMaxLargeBytes = size_t(256) << 20;
 
 struct FreeBlock {
   FreeBlock* next;
 };
+// Large buffers (activations, gradients) are kept by exact size: a training step frees and
+// allocates the same sizes every step, and reusing them avoids malloc returning them to the
+// kernel and the page faults (and page zeroing) of getting them back, step after step.
+constexpr size_t kMaxLargeBlocks = 64;
+struct LargeBlock {
+  size_t bytes;
+  void* p;
+};
+
 struct Pool {
   FreeBlock* heads[kClasses + 1] = {};
-  size_t cached = 0;
+  size_t cached = 0;        // bytes in heads
+  size_t large_cached = 0;  // bytes in large
+  LargeBlock large[kMaxLargeBlocks] = {};
+  size_t n_large = 0;
   ~Pool();
 };
 thread_local bool pool_alive = true;  // false once this thread's pool is destroyed
@@ -37,6 +50,7 @@ thread_local Pool pool;
 
 Pool::~Pool() {
   pool_alive = false;
+  for (size_t i = 0; i < n_large; ++i) ::operator delete(large[i].p);
   for (FreeBlock*& h : heads)
     while (h) {
       FreeBlock* b = h;
@@ -50,7 +64,17 @@ size_t size_class(size_t bytes) { return (bytes + kHeader + kGranule - 1) / kGra
 
 void* pool_alloc(size_t bytes) {
   size_t c = size_class(bytes);
-  if (c > kClasses || !pool_alive) return ::operator new(bytes);
+  if (!pool_alive) return ::operator new(bytes);
+  if (c > kClasses) {
+    for (size_t i = pool.n_large; i-- > 0;)  // newest first: warmest in cache
+      if (pool.large[i].bytes == bytes) {
+        void* p = pool.large[i].p;
+        pool.large[i] = pool.large[--pool.n_large];
+        pool.large_cached -= bytes;
+        return p;
+      }
+    return ::operator new(bytes);
+  }
   if (FreeBlock* b = pool.heads[c]) {
     pool.heads[c] = b->next;
     pool.cached -= c * kGranule;
@@ -61,8 +85,19 @@ void* pool_alloc(size_t bytes) {
 
 void pool_free(void* p, size_t bytes) {
   size_t c = size_class(bytes);
-  if (c > kClasses || !pool_alive || pool.cached + c * kGranule > kMaxCachedBytes) {
+  if (!pool_alive || (c <= kClasses && pool.cached + c * kGranule > kMaxSmallBytes) || bytes > kMaxLargeBytes) {
     ::operator delete(p);
+    return;
+  }
+  if (c > kClasses) {
+    while (pool.n_large > 0 && (pool.n_large == kMaxLargeBlocks || pool.large_cached + bytes > kMaxLargeBytes)) {
+      ::operator delete(pool.large[0].p);  // make room: drop the oldest
+      pool.large_cached -= pool.large[0].bytes;
+      for (size_t i = 1; i < pool.n_large; ++i) pool.large[i - 1] = pool.large[i];
+      --pool.n_large;
+    }
+    pool.large[pool.n_large++] = {bytes, p};
+    pool.large_cached += bytes;
     return;
   }
   auto* b = static_cast<FreeBlock*>(p);

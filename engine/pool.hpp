@@ -1,8 +1,9 @@
 #pragma once
-// A per-thread cache of small memory blocks for tensors and nodes. A training step or a long
-// chain allocates and frees the same few block sizes tens of thousands of times; reusing them
-// last-in first-out is several times cheaper than malloc/free and keeps them warm in cache.
-// Sanitizer builds bypass it so that use-after-free stays detectable.
+// A per-thread cache of memory blocks for tensors and nodes. A training step or a long chain
+// allocates and frees the same few block sizes tens of thousands of times; reusing them last-in
+// first-out is several times cheaper than malloc/free and keeps them warm in cache. Small blocks
+// (≤ 1 KiB, up to 64 MiB in all) are kept by size class, large buffers (up to 64 of them and
+// 256 MiB in all) by exact size. Sanitizer builds bypass it so use-after-free stays detectable.
 #include <cstddef>
 
 namespace tapegrad::detail {

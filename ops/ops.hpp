@@ -52,6 +52,7 @@ Tensor sigmoid(const Tensor& x);
 // Their derivative rules as ops, given the incoming gradient and the op's output y.
 Tensor tanh_backward(const Tensor& dy, const Tensor& y);     // dy·(1 - y²)
 Tensor sigmoid_backward(const Tensor& dy, const Tensor& y);  // dy·y·(1 - y)
+Tensor relu_backward(const Tensor& dy, const Tensor& y);     // dy·[y > 0]
 Tensor relu(const Tensor& x);  // derivative 0 at 0
 Tensor leaky_relu(const Tensor& x, double negative_slope = 0.01);
 Tensor gelu(const Tensor& x);  // exact: x·Φ(x)

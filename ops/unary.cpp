@@ -186,9 +186,15 @@ Tensor relu(const Tensor& x) {
     using T = typename std::decay_t<decltype(v)>::value_type;
     return xt::maximum(v, T(0));
   });
-  return record("relu", out, {x}, [](Backward& g) {
-    g.add(0, g.dout() * constant_map("relu", g.input(0), [](auto v) { return v > 0 ? 1 : 0; }));
-  });
+  return record("relu", out, {x}, [](Backward& g) { g.add(0, relu_backward(g.dout(), g.out()), "dx = dout·[y > 0]"); });
+}
+
+// relu_backward: dx = dy·[y > 0]      d(dy) = ddx·[y > 0]      (the mask's own derivative is 0)
+Tensor relu_backward(const Tensor& dy, const Tensor& y) {
+  Tensor out = from_output_rule("relu_backward", dy, y, [](auto d, auto v) { return v > 0 ? d : decltype(d)(0); });
+  return record("relu_backward", out, {dy, y}, [](Backward& g) {
+    if (g.wants(0)) g.add(0, relu_backward(g.dout(), g.input(1)));
+  }, "dy y");
 }
 
 // leaky_relu: y = x if x > 0 else s·x      dx = dy·(1 if x > 0 else s)

@@ -254,12 +254,17 @@ TEST_CASE("anomaly mode names the op that first produced NaN or Inf") {
   CHECK(std::isinf(inf.to_vector()[0]));
 }
 
-TEST_CASE("tanh_backward and sigmoid_backward are differentiable ops of their own") {
+TEST_CASE("tanh_backward, sigmoid_backward and relu_backward are differentiable ops of their own") {
   Tensor dy = leaf64({2, 3}, 61), y = leaf64({2, 3}, 62, -0.9, 0.9);
   CHECK_GRADCHECK([](auto& t) { return tanh_backward(t[0], t[1]); }, (std::vector<Tensor>{dy, y}));
   CHECK_GRADCHECK([](auto& t) { return sigmoid_backward(t[0], t[1]); }, (std::vector<Tensor>{dy, y}));
   CHECK(gradgradcheck([](auto& t) { return tanh_backward(t[0], t[1]); }, {dy, y}).ok);
   CHECK(gradgradcheck([](auto& t) { return sigmoid_backward(t[0], t[1]); }, {dy, y}).ok);
+  Tensor dy_only = leaf64({2, 3}, 63), y_const = leaf64({2, 3}, 64);
+  y_const.requires_grad_(false);  // relu's mask has derivative 0 in y: check the dy side
+  CHECK_GRADCHECK([&](auto& t) { return relu_backward(t[0], y_const); }, std::vector<Tensor>{dy_only});
+  CHECK(gradgradcheck([&](auto& t) { return relu_backward(t[0], y_const); }, {dy_only}).ok);
+  check_values(relu_backward(tensor({1.0, 2.0, 3.0}), tensor({-1.0, 0.0, 0.5})), {0, 0, 3});
   double d = dy.to_vector()[0], v = y.to_vector()[0];
   CHECK(tanh_backward(dy, y).to_vector()[0] == doctest::Approx(d * (1 - v * v)));
   CHECK_THROWS_WITH_AS(tanh_backward(dy, leaf64({3}, 1)), doctest::Contains("tanh_backward: gradient [2,3] and output [3]"), Error);
