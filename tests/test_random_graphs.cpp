@@ -1,6 +1,8 @@
 // Randomized graph tests: seeded random expression DAGs over float64 leaves. Each graph mixes
 // elementwise ops with broadcasting (smaller and larger operands, 0-d leaves, scalar operands),
-// reductions, shape ops and matrix products, and reuses nodes on purpose (fan-out to 2–5
+// unary ops kept in their domain (log/sqrt of positive values, abs/relu/clamp away from their
+// kinks), softmax, reductions, shape ops (views, transpose/permute, narrow/select, cat/stack) and
+// matrix products, and reuses nodes on purpose (fan-out to 2–5
 // consumers joined again: diamonds). Its backward is compared with gradcheck (the full Jacobian
 // against central differences) and backward()'s leaf gradients with the functional grad().
 //
@@ -288,10 +290,65 @@ class RandomGraph {
   }
 
   // ---- op families ----
+  // A positive operand bounded away from 0: x itself, or x·x + 0.5.
+  int positive(int x) {
+    std::vector<double> v = this->v(x);
+    if (!v.empty() && *std::min_element(v.begin(), v.end()) >= 0.3) return x;
+    int sq = emit("mul(" + t(x) + ", " + t(x) + ")", [x](const Values&, const Values& v) { return mul(v[x], v[x]); }, {x, x});
+    return emit(t(sq) + " + 0.5", [sq](const Values&, const Values& v) { return v[sq] + 0.5; }, {sq});
+  }
+  // Every element at least `margin` away from the kink at `at` (abs, relu, clamp bounds).
+  bool away_from(int x, double at, double margin) const {
+    for (double e : v(x))
+      if (std::fabs(e - at) < margin) return false;
+    return true;
+  }
+
   int unary(int x) {
-    switch (uni(0, 1)) {
-      case 0: return emit("neg(" + t(x) + ")", [x](const Values&, const Values& v) { return neg(v[x]); }, {x});
-      default: return emit("tanh(" + t(x) + ")", [x](const Values&, const Values& v) { return tanh(v[x]); }, {x});
+    auto one = [&](const char* name, Tensor (*f)(const Tensor&), int a) {
+      return emit(std::string(name) + "(" + t(a) + ")", [f, a](const Values&, const Values& v) { return f(v[a]); }, {a});
+    };
+    switch (uni(0, 14)) {
+      case 0: return one("neg", [](const Tensor& a) { return neg(a); }, x);
+      case 1: case 2: return one("tanh", [](const Tensor& a) { return tanh(a); }, x);
+      case 3: return one("exp", [](const Tensor& a) { return exp(a); }, max_abs(x) <= 2 ? x : one("tanh", [](const Tensor& a) { return tanh(a); }, x));
+      case 4: return one("log", [](const Tensor& a) { return log(a); }, positive(x));
+      case 5: return one("sqrt", [](const Tensor& a) { return sqrt(a); }, positive(x));
+      case 6: return one("sigmoid", [](const Tensor& a) { return sigmoid(a); }, x);
+      case 7: return one("gelu", [](const Tensor& a) { return gelu(a); }, x);
+      case 8:
+        if (away_from(x, 0, 1e-3)) return one("abs", [](const Tensor& a) { return abs(a); }, x);
+        return one("neg", [](const Tensor& a) { return neg(a); }, x);
+      case 9:
+        if (away_from(x, 0, 1e-3)) return one("relu", [](const Tensor& a) { return relu(a); }, x);
+        return one("tanh", [](const Tensor& a) { return tanh(a); }, x);
+      case 10: {
+        if (!away_from(x, 0, 1e-3)) return one("sigmoid", [](const Tensor& a) { return sigmoid(a); }, x);
+        double slope = choose(std::vector<double>{0.01, 0.2, -0.5});
+        return emit("leaky_relu(" + t(x) + ", " + num_str(slope) + ")", [x, slope](const Values&, const Values& v) { return leaky_relu(v[x], slope); }, {x});
+      }
+      case 11: {
+        double e = choose(std::vector<double>{2.0, 3.0, 0.5, -1.5});
+        int a = e == 2.0 || e == 3.0 ? x : positive(x);
+        return emit("pow(" + t(a) + ", " + num_str(e) + ")", [a, e](const Values&, const Values& v) { return pow(v[a], e); }, {a});
+      }
+      case 12: {
+        int a = positive(x), b = operand_for(x);
+        return emit("pow(" + t(a) + ", " + t(b) + ")", [a, b](const Values&, const Values& v) { return pow(v[a], v[b]); }, {a, b});
+      }
+      case 13: {
+        double lo = -0.5, hi = 0.5;
+        if (!away_from(x, lo, 1e-3) || !away_from(x, hi, 1e-3)) return one("gelu", [](const Tensor& a) { return gelu(a); }, x);
+        if (coin(0.3)) hi = INFINITY;
+        return emit("clamp(" + t(x) + ", " + num_str(lo) + ", " + num_str(hi) + ")", [x, lo, hi](const Values&, const Values& v) { return clamp(v[x], lo, hi); }, {x});
+      }
+      default: {
+        if (shape(x).rank() == 0) return one("tanh", [](const Tensor& a) { return tanh(a); }, x);
+        int64_t d = uni(-static_cast<int>(shape(x).rank()), static_cast<int>(shape(x).rank()) - 1);
+        bool lg = coin(0.5);
+        return emit(std::string(lg ? "log_softmax(" : "softmax(") + t(x) + ", " + std::to_string(d) + ")",
+                    [x, d, lg](const Values&, const Values& v) { return lg ? log_softmax(v[x], d) : softmax(v[x], d); }, {x});
+      }
     }
   }
 
@@ -474,7 +531,40 @@ class RandomGraph {
     const Shape& s = shape(x);
     int rank = static_cast<int>(s.rank());
     size_t n = vals_[static_cast<size_t>(x)].numel();
-    switch (uni(0, 6)) {
+    switch (uni(0, 11)) {
+      case 7: {
+        if (rank < 2) return emit("clone(" + t(x) + ")", [x](const Values&, const Values& v) { return clone(v[x]); }, {x});
+        int64_t a = uni(-rank, rank - 1), b = uni(-rank, rank - 1);
+        return emit("transpose(" + t(x) + ", " + std::to_string(a) + ", " + std::to_string(b) + ")", [x, a, b](const Values&, const Values& v) { return transpose(v[x], a, b); }, {x});
+      }
+      case 8: {
+        std::vector<int64_t> p(static_cast<size_t>(rank));
+        for (int i = 0; i < rank; ++i) p[static_cast<size_t>(i)] = i;
+        std::shuffle(p.begin(), p.end(), rng_);
+        return emit("permute(" + t(x) + ", " + list_str(p) + ")", [x, p](const Values&, const Values& v) { return permute(v[x], p); }, {x});
+      }
+      case 9: {
+        std::vector<int> nonempty;
+        for (int i = 0; i < rank; ++i)
+          if (s[static_cast<size_t>(i)] > 0) nonempty.push_back(i);
+        if (nonempty.empty()) return emit("clone(" + t(x) + ")", [x](const Values&, const Values& v) { return clone(v[x]); }, {x});
+        int d = choose(nonempty);
+        int64_t start = uni(0, static_cast<int>(s[static_cast<size_t>(d)]) - 1);
+        if (coin(0.5)) return emit("select(" + t(x) + ", " + std::to_string(d) + ", " + std::to_string(start) + ")", [x, d, start](const Values&, const Values& v) { return select(v[x], d, start); }, {x});
+        int64_t len = uni(0, static_cast<int>(s[static_cast<size_t>(d)] - static_cast<size_t>(start)));
+        return emit("narrow(" + t(x) + ", " + std::to_string(d) + ", " + std::to_string(start) + ", " + std::to_string(len) + ")",
+                    [x, d, start, len](const Values&, const Values& v) { return narrow(v[x], d, start, len); }, {x});
+      }
+      case 10: case 11: {  // cat or stack with itself or a leaf of a fitting shape (x is reused)
+        if (rank == 0 || n * 2 > kMaxNumel) return reduce(x);
+        int d = uni(0, rank - 1);
+        bool st = coin(0.4);
+        Shape ls = s;
+        if (!st) ls[static_cast<size_t>(d)] = static_cast<size_t>(uni(0, 2));
+        int y = coin(0.3) ? x : leaf(ls);
+        return emit(std::string(st ? "stack({" : "cat({") + t(x) + ", " + t(y) + "}, " + std::to_string(d) + ")",
+                    [x, y, d, st](const Values&, const Values& v) { return st ? stack({v[x], v[y]}, d) : cat({v[x], v[y]}, d); }, {x, y});
+      }
       case 0: {
         std::vector<int64_t> dims = factor(n, uni(1, 3));
         if (n > 0 && coin(0.4)) dims[static_cast<size_t>(uni(0, static_cast<int>(dims.size()) - 1))] = -1;
@@ -604,7 +694,7 @@ GraphCheck check_graph(uint64_t seed) {
 }  // namespace
 
 TEST_CASE("random graphs: backward agrees with finite differences") {
-  uint64_t count = env_u64("TAPEGRAD_RANDOM_GRAPHS", 500);
+  uint64_t count = env_u64("TAPEGRAD_RANDOM_GRAPHS", 1000);
   uint64_t first = env_u64("TAPEGRAD_RANDOM_SEED", 1);
   size_t entries = 0, failures = 0;
   for (uint64_t seed = first; seed < first + count; ++seed) {

@@ -211,10 +211,9 @@ TEST_CASE("threads: independent graphs on 4 threads give exactly the sequential 
       }
     INFO("thread " << i << ": first differing gradient entry " << first_diff << " of " << parallel[i].size()
                    << ", max |diff| " << max_diff);
-    // A race would show as garbage; ulp-level differences come from Finding F4 (results depend on
-    // the buffers' alignment, which differs between threads' malloc arenas). Once F4 is fixed this
-    // can be bit for bit: CHECK(parallel[i] == sequential[i]).
-    CHECK(max_diff <= 1e-15);
+    // bit for bit (before the fix of Finding F4, results depended on the buffers' alignment,
+    // which differs between threads' malloc arenas)
+    CHECK(parallel[i] == sequential[i]);
   }
   CHECK(refs(shared) == 1);
 }
