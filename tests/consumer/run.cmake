@@ -12,6 +12,6 @@ foreach(step
   endif()
 endforeach()
 message(STATUS "consumer output: ${out}")
-if(NOT out MATCHES "dW = 6")
+if(NOT out MATCHES "dW = 6" OR NOT out MATCHES "sgd ok")
   message(FATAL_ERROR "consumer printed the wrong gradient: ${out}")
 endif()
