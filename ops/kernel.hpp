@@ -47,6 +47,15 @@ Tensor put_along(const Tensor& src, const Tensor& idx, size_t axis, const Shape&
 
 namespace tapegrad::kernel {
 
+// xt::exp for any input: xsimd's exp converts x to an integer internally, which is undefined for
+// |x| beyond ~9e18 (finding F7). exp(±1e4) already saturates to inf / 0 in float and double,
+// so clamping there changes no result; NaN fails both comparisons and stays NaN.
+template <class E>
+auto safe_exp(E&& v) {
+  using T = typename std::decay_t<E>::value_type;
+  return xt::exp(xt::where(v > T(1e4), T(1e4), xt::where(v < T(-1e4), T(-1e4), v)));
+}
+
 // A fresh output with uninitialised data.
 inline Tensor empty_out(Dtype d, const Shape& s) { return Tensor(TensorImpl::create(d, s)); }
 

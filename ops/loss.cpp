@@ -52,7 +52,7 @@ void softmax_kernel(const Tensor& x, const Tensor& out, size_t axis, bool log) {
   std::vector<T> m(lanes), sum(lanes, T(0));
   auto exp_in_place = [&] {
     auto yv = xt::adapt(y, total, xt::no_ownership(), std::array<size_t, 1>{total});
-    xt::noalias(yv) = xt::exp(yv);  // same-index elementwise: in place is safe
+    xt::noalias(yv) = safe_exp(yv);  // same-index elementwise: in place is safe
   };
 
   if (inner == 1) {  // fast path (the last dim): each lane is a contiguous row
@@ -232,7 +232,7 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
   dispatch(op, logits.dtype(), [&]<class T>() {
     auto l = flat_mut<T>(elems);
     auto x = flat<T>(logits);
-    xt::noalias(l) = xt::maximum(x, T(0)) - x * flat<T>(targets) + xt::log1p(xt::exp(-xt::abs(x)));
+    xt::noalias(l) = xt::maximum(x, T(0)) - x * flat<T>(targets) + xt::log1p(safe_exp(-xt::abs(x)));
   });
   Tensor out = reduce_elems(op, elems, r);
   size_t n = logits.numel();

@@ -98,7 +98,7 @@ Tensor sigmoid_backward(const Tensor& dy, const Tensor& y) {
 
 // exp: y = eˣ      dx = dy·y
 Tensor exp(const Tensor& x) {
-  Tensor out = unary("exp", x, [](auto&& v) { return xt::exp(v); });
+  Tensor out = unary("exp", x, [](auto&& v) { return safe_exp(v); });
   return record("exp", out, {x}, [](Backward& g) { g.add(0, g.dout() * g.out()); });
 }
 
@@ -173,7 +173,7 @@ Tensor abs(const Tensor& x) {
 Tensor sigmoid(const Tensor& x) {
   Tensor out = unary("sigmoid", x, [](auto&& v) {
     using T = typename std::decay_t<decltype(v)>::value_type;
-    return T(1) / (T(1) + xt::exp(-v));
+    return T(1) / (T(1) + safe_exp(-v));
   });
   return record("sigmoid", out, {x}, [](Backward& g) {
     g.add(0, sigmoid_backward(g.dout(), g.out()), "dx = dout·y·(1 - y)");

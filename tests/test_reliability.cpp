@@ -425,3 +425,21 @@ TEST_CASE("Finding F8: explain mode records every input of every node") {
     }
   CHECK(muls == 40);
 }
+
+// Finding F7 (fuzzer): xsimd's exp converts its argument to an integer, undefined for |x| beyond
+// ~9e18, reached by exp, sigmoid, softmax and BCE-with-logits of huge values. Exp-based ops now
+// clamp the argument where exp has already saturated; results are unchanged (inf, 0, NaN kept).
+TEST_CASE("Finding F7: exp-based ops of huge values saturate without undefined behaviour") {
+  Tensor x = tensor({1e30, -1e30, 0.0, std::nan("")}, kFloat64);
+  std::vector<double> e = exp(x).to_vector();
+  CHECK(std::isinf(e[0]));
+  CHECK(e[1] == 0.0);
+  CHECK(e[2] == 1.0);
+  CHECK(std::isnan(e[3]));
+  std::vector<double> s = sigmoid(x).to_vector();
+  CHECK(s[0] == 1.0);
+  CHECK(s[1] == 0.0);
+  check_values(softmax(tensor({{1e30, 0.0}}, kFloat64), 1), {1.0, 0.0});
+  Tensor l = binary_cross_entropy_with_logits(tensor({1e30, -1e30}, kFloat64), tensor({1.0, 0.0}, kFloat64));
+  CHECK(l.item() == 0.0);
+}
