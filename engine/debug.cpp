@@ -38,6 +38,8 @@ DetectAnomalyGuard::~DetectAnomalyGuard() { anomaly_enabled = prev_; }
 bool DetectAnomalyGuard::is_enabled() { return anomaly_enabled; }
 
 namespace detail {
+const uint64_t kLeafIds = 1000000000000ull;  // leaves' ids in explain records start here
+
 BackwardScope::BackwardScope(const Node* n) : prev_(backward_running) { backward_running = n; }
 BackwardScope::~BackwardScope() { backward_running = prev_; }
 
@@ -141,7 +143,7 @@ ExplainNode& ExplainGuard::node_for(const TensorImpl* t, const char* op) {
   for (auto& [p, i] : index_)
     if (p == t) return nodes[i];
   ExplainNode n;
-  n.id = t->node ? t->node->seq : 1000000000000ull + ++next_leaf_id_;
+  n.id = t->node ? t->node->seq : detail::kLeafIds + ++next_leaf_id_;
   n.op = op;
   n.shape = t->shape;
   index_.emplace_back(t, nodes.size());
@@ -226,7 +228,9 @@ void explain_visit(const TensorImpl* t, const Tensor& dout) {
   n.grad_norm = norm;
   n.inputs = std::move(inputs);
   std::ostringstream os;
-  os << "#" << id << " " << (t->node ? t->node->name : "leaf") << " " << t->shape << "   |dout| = " << norm;
+  if (t->node) os << "#" << id << " " << t->node->name;
+  else os << "leaf #L" << id - kLeafIds;
+  os << " " << t->shape << "   |dout| = " << norm;
   ex->add_line(os.str());
 }
 

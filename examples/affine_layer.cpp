@@ -9,8 +9,12 @@
 // The program prints every step with its shape, computes the three gradients by hand with plain
 // loops, and compares them with what the engine's tape produced. Then a fan-out case: x feeds
 // two layers, so its gradient is the SUM of two contributions; a backward that assigned (=)
-// instead of accumulating (+=) would keep only the last one.
+// instead of accumulating (+=) would keep only the last one. That backward is also shown the way
+// the engine explains it (ExplainGuard), and written as a Graphviz graph (affine_backward.dot,
+// rendered to SVG when `dot` is installed).
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 #include "common.hpp"
 
@@ -104,7 +108,22 @@ int main() {
   Tensor V = leaf({K, N});
   x.zero_grad();
   Tensor z = linear(x, W, b) + matmul(x, V);
-  sum(z * G).backward();
+  {
+    // The engine's own account of this backward: each rule applied with its shapes, and the
+    // fan-out += into x from its two consumers.
+    ExplainGuard explain;
+    sum(z * G).backward();
+    std::printf("  the sweep, as the engine explains it:\n");
+    for (const std::string& line : explain.lines()) std::printf("    %s\n", line.c_str());
+    std::FILE* f = std::fopen("affine_backward.dot", "w");
+    if (f) {
+      std::fputs(explain.dot().c_str(), f);
+      std::fclose(f);
+      bool rendered = std::system("command -v dot >/dev/null 2>&1 && dot -Tsvg affine_backward.dot -o affine_backward.svg") == 0;
+      std::printf("  graph written to affine_backward.dot%s\n\n",
+                  rendered ? " and rendered to affine_backward.svg" : " (install graphviz to render it: dot -Tsvg)");
+    }
+  }
   Matrix Vm = to_matrix(V);
   Matrix via_W(B, std::vector<double>(K, 0)), via_V(B, std::vector<double>(K, 0));
   for (size_t i = 0; i < B; ++i)

@@ -36,7 +36,7 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
   dispatch("sum_to", x.dtype(), [&]<class T>() { sum_axes<T>(x, out, axes); });
   Shape in_shape = xs;
   return record("sum_to", out, {x}, [in_shape](Backward& g) {
-    g.add(0, expand(g.dout(), in_shape));  // dx = dout copied along the summed axes
+    g.add(0, expand(g.dout(), in_shape), "dx += expand(dout)");  // dout copied along the summed axes
   });
 }
 
@@ -53,7 +53,7 @@ Tensor expand(const Tensor& x, const Shape& shape) {
   });
   Shape in_shape = x.shape();
   return record("expand", out, {x}, [in_shape](Backward& g) {
-    g.add(0, sum_to(g.dout(), in_shape));  // dx = Σ dout over the expanded axes
+    g.add(0, sum_to(g.dout(), in_shape), "dx += sum_to(dout)");  // Σ dout over the expanded axes
   });
 }
 

@@ -37,8 +37,8 @@ static Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
 Tensor add(const Tensor& a, const Tensor& b) {
   Tensor out = binary("add", a, b, [](auto&& x, auto&& y) { return x + y; });
   return record("add", out, {a, b}, [](Backward& g) {
-    if (g.wants(0)) g.add(0, sum_to(g.dout(), g.input(0).shape()));
-    if (g.wants(1)) g.add(1, sum_to(g.dout(), g.input(1).shape()));
+    if (g.wants(0)) g.add(0, sum_to(g.dout(), g.input(0).shape()), "da += sum_to(dout)");
+    if (g.wants(1)) g.add(1, sum_to(g.dout(), g.input(1).shape()), "db += sum_to(dout)");
   });
 }
 
@@ -46,8 +46,8 @@ Tensor add(const Tensor& a, const Tensor& b) {
 Tensor sub(const Tensor& a, const Tensor& b) {
   Tensor out = binary("sub", a, b, [](auto&& x, auto&& y) { return x - y; });
   return record("sub", out, {a, b}, [](Backward& g) {
-    if (g.wants(0)) g.add(0, sum_to(g.dout(), g.input(0).shape()));
-    if (g.wants(1)) g.add(1, sum_to(neg(g.dout()), g.input(1).shape()));
+    if (g.wants(0)) g.add(0, sum_to(g.dout(), g.input(0).shape()), "da += sum_to(dout)");
+    if (g.wants(1)) g.add(1, sum_to(neg(g.dout()), g.input(1).shape()), "db += sum_to(-dout)");
   });
 }
 
@@ -55,8 +55,8 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor out = binary("mul", a, b, [](auto&& x, auto&& y) { return x * y; });
   return record("mul", out, {a, b}, [](Backward& g) {
-    if (g.wants(0)) g.add(0, sum_to(mul(g.dout(), g.input(1)), g.input(0).shape()));
-    if (g.wants(1)) g.add(1, sum_to(mul(g.dout(), g.input(0)), g.input(1).shape()));
+    if (g.wants(0)) g.add(0, sum_to(mul(g.dout(), g.input(1)), g.input(0).shape()), "da += sum_to(dout·b)");
+    if (g.wants(1)) g.add(1, sum_to(mul(g.dout(), g.input(0)), g.input(1).shape()), "db += sum_to(dout·a)");
   });
 }
 
@@ -65,8 +65,8 @@ Tensor div(const Tensor& a, const Tensor& b) {
   Tensor out = binary("div", a, b, [](auto&& x, auto&& y) { return x / y; });
   return record("div", out, {a, b}, [](Backward& g) {
     const Tensor& b = g.input(1);
-    if (g.wants(0)) g.add(0, sum_to(div(g.dout(), b), g.input(0).shape()));
-    if (g.wants(1)) g.add(1, sum_to(neg(div(mul(g.dout(), g.input(0)), mul(b, b))), b.shape()));
+    if (g.wants(0)) g.add(0, sum_to(div(g.dout(), b), g.input(0).shape()), "da += sum_to(dout / b)");
+    if (g.wants(1)) g.add(1, sum_to(neg(div(mul(g.dout(), g.input(0)), mul(b, b))), b.shape()), "db += sum_to(-dout·a / b²)");
   });
 }
 
@@ -78,7 +78,7 @@ Tensor neg(const Tensor& x) {
     auto o = flat_mut<T>(out);
     xt::noalias(o) = -flat<T>(x);
   });
-  return record("neg", out, {x}, [](Backward& g) { g.add(0, neg(g.dout())); });
+  return record("neg", out, {x}, [](Backward& g) { g.add(0, neg(g.dout()), "dx += -dout"); });
 }
 
 // (For an int64 x the op itself then reports the dtype, naming the op.)

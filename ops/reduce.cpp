@@ -49,7 +49,7 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
   dispatch("sum", x.dtype(), [&]<class T>() { sum_axes<T>(x, out, axes); });
   Shape in_shape = x.shape(), kept = reduced_shape(x.shape(), axes, true);
   return record("sum", out, {x}, [in_shape, kept](Backward& g) {
-    g.add(0, expand(reshape(g.dout(), as_dims(kept)), in_shape));
+    g.add(0, expand(reshape(g.dout(), as_dims(kept)), in_shape), "dx += expand(dout)");
   });
 }
 Tensor sum(const Tensor& x) { return sum(x, std::vector<int64_t>{}, false); }
