@@ -50,10 +50,13 @@ namespace tapegrad::kernel {
 // xt::exp for any input: xsimd's exp converts x to an integer internally, which is undefined for
 // |x| beyond ~9e18 (finding F7). exp(±1e4) already saturates to inf / 0 in float and double,
 // so clamping there changes no result; NaN fails both comparisons and stays NaN.
+// Each use of v is a copy of the expression (cheap: adaptors and lazy functions hold pointers),
+// so the result owns it by value and stays valid after a temporary argument is gone.
 template <class E>
 auto safe_exp(E&& v) {
-  using T = typename std::decay_t<E>::value_type;
-  return xt::exp(xt::where(v > T(1e4), T(1e4), xt::where(v < T(-1e4), T(-1e4), v)));
+  using X = std::decay_t<E>;
+  using T = typename X::value_type;
+  return xt::exp(xt::where(X(v) > T(1e4), T(1e4), xt::where(X(v) < T(-1e4), T(-1e4), X(v))));
 }
 
 // A fresh output with uninitialised data.
