@@ -258,7 +258,8 @@ struct Sweep {
   }
 };
 
-void seed(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots, const char* fn) {
+// Checks the roots and their gradients; seed_pending applies them once collect has succeeded.
+void check_roots(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots, const char* fn) {
   if (roots.empty()) fail(fn, ": no tensors to differentiate");
   if (!grad_roots.empty() && grad_roots.size() != roots.size())
     fail(fn, ": ", roots.size(), " outputs but ", grad_roots.size(), " gradients");
@@ -273,7 +274,6 @@ void seed(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_root
       if (r.numel() != 1)
         fail(fn, ": output of shape ", r.shape(),
              " is not a single element; pass a gradient of that shape (e.g. ones_like(out))");
-      g = ones_like(r);
     } else if (g.shape() != r.shape() || g.dtype() != r.dtype()) {
       fail(fn, ": gradient of shape ", g.shape(), " ", g.dtype(), " given for an output of shape ",
            r.shape(), " ", r.dtype());
@@ -290,7 +290,7 @@ void seed_pending(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
 
 void sweep(Sweep& s, const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots,
            bool retain_graph, bool create_graph, const char* fn) {
-  seed(roots, grad_roots, fn);
+  check_roots(roots, grad_roots, fn);
   s.collect(roots);
   seed_pending(roots, grad_roots);
   std::optional<NoGradGuard> no_grad;
