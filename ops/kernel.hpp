@@ -48,15 +48,18 @@ Tensor put_along(const Tensor& src, const Tensor& idx, size_t axis, const Shape&
 namespace tapegrad::kernel {
 
 // xt::exp for any input: xsimd's exp converts x to an integer internally, which is undefined for
-// |x| beyond ~9e18 (finding F7). exp(±1e4) already saturates to inf / 0 in float and double,
-// so clamping there changes no result; NaN fails both comparisons and stays NaN.
-// Each use of v is a copy of the expression (cheap: adaptors and lazy functions hold pointers),
-// so the result owns it by value and stays valid after a temporary argument is gone.
+// NaN and for |x| beyond ~9e18 (finding F7). The argument is clamped to [-1e4, 1e4] (exp has
+// saturated to 0 / inf there in float and double, so no result changes) with NaN sent to the low
+// end, and NaN is put back in the result. Each use of v is a copy of the expression (cheap:
+// adaptors and lazy functions hold pointers), so the result owns it by value and stays valid
+// after a temporary argument is gone.
 template <class E>
 auto safe_exp(E&& v) {
   using X = std::decay_t<E>;
   using T = typename X::value_type;
-  return xt::exp(xt::where(X(v) > T(1e4), T(1e4), xt::where(X(v) < T(-1e4), T(-1e4), X(v))));
+  // (bounds as temporaries: a named scalar would be held by reference)
+  auto clamped = xt::where(X(v) > T(1e4), T(1e4), xt::where(X(v) >= T(-1e4), X(v), T(-1e4)));  // NaN: -1e4
+  return xt::where(xt::isnan(X(v)), X(v), xt::exp(std::move(clamped)));
 }
 
 // A fresh output with uninitialised data.
