@@ -267,7 +267,16 @@ Tensor empty(const Shape& shape, TensorOptions opt) {
 }
 Tensor full(const Shape& shape, double value, TensorOptions opt) {
   auto p = TensorImpl::create(opt.dtype_, shape);
-  for (size_t i = 0, n = p->numel(); i < n; ++i) write_at(p.get(), i, value);
+  size_t n = p->numel();
+  if (n > 0) {
+    write_at(p.get(), 0, value);  // converts (and range-checks for int64) once
+    char* d = static_cast<char*>(p->data);
+    switch (p->dtype) {  // then a typed fill: zeros() runs in every backward that pads or scatters
+      case kFloat32: std::fill_n(reinterpret_cast<float*>(d) + 1, n - 1, *reinterpret_cast<float*>(d)); break;
+      case kFloat64: std::fill_n(reinterpret_cast<double*>(d) + 1, n - 1, *reinterpret_cast<double*>(d)); break;
+      case kInt64: std::fill_n(reinterpret_cast<int64_t*>(d) + 1, n - 1, *reinterpret_cast<int64_t*>(d)); break;
+    }
+  }
   return finish(std::move(p), opt);
 }
 Tensor zeros(const Shape& shape, TensorOptions opt) { return full(shape, 0.0, opt); }
