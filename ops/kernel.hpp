@@ -2,17 +2,13 @@
 // Private to ops/: xtensor views over tensor data, and the checks every op shares.
 #include <xtensor/xadapt.hpp>
 #include <xtensor/xarray.hpp>
-#include <xtensor/xbroadcast.hpp>
 #include <xtensor/xmath.hpp>
 #include <xtensor/xnoalias.hpp>
-#include <xtensor/xreducer.hpp>
 
 #include "../engine/dispatch.hpp"
 #include "ops.hpp"
 
 namespace tapegrad::kernel {
-
-inline xt::dynamic_shape<size_t> xshape(const Shape& s) { return {s.begin(), s.end()}; }
 
 // 1-D views (fast: fixed rank) over all elements.
 template <class T>
@@ -24,15 +20,6 @@ template <class T>
 auto flat_mut(const Tensor& t) {
   return xt::adapt(static_cast<T*>(t.impl()->data), t.numel(), xt::no_ownership(),
                    std::array<size_t, 1>{t.numel()});
-}
-// N-d views, for broadcasting and reductions.
-template <class T>
-auto nd(const Tensor& t) {
-  return xt::adapt(static_cast<const T*>(t.impl()->data), t.numel(), xt::no_ownership(), xshape(t.shape()));
-}
-template <class T>
-auto nd_mut(const Tensor& t) {
-  return xt::adapt(static_cast<T*>(t.impl()->data), t.numel(), xt::no_ownership(), xshape(t.shape()));
 }
 
 }  // namespace tapegrad::kernel
