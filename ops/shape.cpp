@@ -26,7 +26,8 @@ static Tensor as_shape(const char* op, const Tensor& x, const Shape& shape) {
   });
 }
 
-Tensor reshape(const Tensor& x, const std::vector<int64_t>& shape) {
+Tensor reshape(const Tensor& x, const std::vector<int64_t>& shape, CallSite site) {
+  const SiteScope in(site);
   if (!x.defined()) fail("reshape: undefined tensor");
   Shape s;
   int64_t infer = -1;
@@ -50,9 +51,10 @@ Tensor reshape(const Tensor& x, const std::vector<int64_t>& shape) {
   return as_shape("reshape", x, s);
 }
 
-Tensor view(const Tensor& x, const std::vector<int64_t>& shape) { return reshape(x, shape); }
+Tensor view(const Tensor& x, const std::vector<int64_t>& shape, CallSite site) { return reshape(x, shape, site); }
 
-Tensor flatten(const Tensor& x, int64_t start_dim, int64_t end_dim) {
+Tensor flatten(const Tensor& x, int64_t start_dim, int64_t end_dim, CallSite site) {
+  const SiteScope in(site);
   if (x.dim() == 0) return as_shape("flatten", x, Shape{1});
   size_t a = normalize_dim("flatten", start_dim, x.dim()), b = normalize_dim("flatten", end_dim, x.dim());
   if (a > b) fail("flatten: start_dim ", start_dim, " is after end_dim ", end_dim, " for ", x.shape());
@@ -65,21 +67,24 @@ Tensor flatten(const Tensor& x, int64_t start_dim, int64_t end_dim) {
   return as_shape("flatten", x, s);
 }
 
-Tensor squeeze(const Tensor& x) {
+Tensor squeeze(const Tensor& x, CallSite site) {
+  const SiteScope in(site);
   Shape s;
   for (size_t d : x.shape())
     if (d != 1) s.push_back(d);
   return as_shape("squeeze", x, s);
 }
 
-Tensor squeeze(const Tensor& x, int64_t dim) {
+Tensor squeeze(const Tensor& x, int64_t dim, CallSite site) {
+  const SiteScope in(site);
   size_t d = normalize_dim("squeeze", dim, x.dim());
   Shape s = x.shape();
   if (s[d] == 1) s.erase(d);  // like PyTorch, a dim of another size is left alone
   return as_shape("squeeze", x, s);
 }
 
-Tensor unsqueeze(const Tensor& x, int64_t dim) {
+Tensor unsqueeze(const Tensor& x, int64_t dim, CallSite site) {
+  const SiteScope in(site);
   size_t d = normalize_dim("unsqueeze", dim, x.dim() + 1);
   Shape s = x.shape();
   s.insert(d, 1);
@@ -265,7 +270,8 @@ Tensor permute_impl(const char* op, const Tensor& x, const Perm& perm) {
 
 }  // namespace
 
-Tensor transpose(const Tensor& x, int64_t dim0, int64_t dim1) {
+Tensor transpose(const Tensor& x, int64_t dim0, int64_t dim1, CallSite site) {
+  const SiteScope in(site);
   check_defined("transpose", x);
   size_t a = normalize_dim("transpose", dim0, x.dim()), b = normalize_dim("transpose", dim1, x.dim());
   Perm perm{};
@@ -274,7 +280,8 @@ Tensor transpose(const Tensor& x, int64_t dim0, int64_t dim1) {
   return permute_impl("transpose", x, perm);
 }
 
-Tensor permute(const Tensor& x, const std::vector<int64_t>& dims) {
+Tensor permute(const Tensor& x, const std::vector<int64_t>& dims, CallSite site) {
+  const SiteScope in(site);
   check_defined("permute", x);
   if (dims.size() != x.dim())
     fail("permute: dims ", dims_str(dims), " do not match the rank of a tensor of shape ", x.shape());
@@ -288,21 +295,23 @@ Tensor permute(const Tensor& x, const std::vector<int64_t>& dims) {
   return permute_impl("permute", x, perm);
 }
 
-Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length, CallSite site) {
+  const SiteScope in(site);
   check_defined("narrow", x);
   size_t d = normalize_dim("narrow", dim, x.dim());
   auto n = static_cast<int64_t>(x.shape()[d]);
   if (start < -n || start > n)
     fail("narrow: start ", start, " is out of range for dim ", dim, " of size ", n, " (tensor ", x.shape(), ")");
   if (start < 0) start += n;
-  if (length < 0 || start + length > n)
+  if (length < 0 || length > n - start)  // not start + length: that can overflow
     fail("narrow: start ", start, " + length ", length, " exceeds dim ", dim, " of size ", n, " (tensor ",
          x.shape(), ")");
   return slice_rows("narrow", x, d, static_cast<size_t>(start), static_cast<size_t>(length), 1);
 }
 
 // Like PyTorch and Python: negative start/end count from the end, then both clamp to [0, n].
-Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end, int64_t step) {
+Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end, int64_t step, CallSite site) {
+  const SiteScope in(site);
   check_defined("slice", x);
   size_t d = normalize_dim("slice", dim, x.dim());
   if (step <= 0) fail("slice: step must be positive, got ", step, " (tensor ", x.shape(), ")");
@@ -314,7 +323,8 @@ Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end, int64_t s
 }
 
 // select: y = x[.., index, ..] with dim d dropped      dx = slice_backward(unsqueeze(dy, d)) at row index
-Tensor select(const Tensor& x, int64_t dim, int64_t index) {
+Tensor select(const Tensor& x, int64_t dim, int64_t index, CallSite site) {
+  const SiteScope in(site);
   check_defined("select", x);
   size_t d = normalize_dim("select", dim, x.dim());
   const Shape& s = x.shape();
@@ -334,7 +344,8 @@ Tensor select(const Tensor& x, int64_t dim, int64_t index) {
 }
 
 // cat: y = [x_0, x_1, ..] joined along dim      dx_k = narrow(dy, dim, offset_k, size_k)
-Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
+Tensor cat(const std::vector<Tensor>& xs, int64_t dim, CallSite site) {
+  const SiteScope in(site);
   if (xs.empty()) fail("cat: expected a non-empty list of tensors");
   for (const Tensor& x : xs) check_defined("cat", x);
   const Tensor& x0 = xs[0];
@@ -372,7 +383,8 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
 }
 
 // stack: y[.., k, ..] = x_k along a new dim      dx_k = select(dy, dim, k)
-Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
+Tensor stack(const std::vector<Tensor>& xs, int64_t dim, CallSite site) {
+  const SiteScope in(site);
   if (xs.empty()) fail("stack: expected a non-empty list of tensors");
   for (const Tensor& x : xs) check_defined("stack", x);
   const Tensor& x0 = xs[0];
@@ -398,7 +410,8 @@ Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
 }
 
 // index_select: y[.., i, ..] = x[.., index[i], ..] along dim      dx = index_add(dy): repeats add up
-Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
+Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index, CallSite site) {
+  const SiteScope in(site);
   check_defined("index_select", x);
   check_defined("index_select", index);
   if (index.dtype() != kInt64)
@@ -423,7 +436,8 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
 }
 
 // clone: y = x, a deep copy      dx = dy
-Tensor clone(const Tensor& x) {
+Tensor clone(const Tensor& x, CallSite site) {
+  const SiteScope in(site);
   check_defined("clone", x);
   Tensor out = empty_out(x.dtype(), x.shape());
   if (x.numel()) std::memcpy(out.impl()->data, x.impl()->data, x.impl()->nbytes());

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <latch>
 #include <string>
 #include <thread>
@@ -404,6 +405,17 @@ TEST_CASE("Finding F6: int64 factories refuse values outside int64") {
   CHECK_THROWS_AS(full({2}, std::nan(""), kInt64), Error);
   CHECK_THROWS_AS(from_vector({-INFINITY}, {1}, kInt64), Error);
   check_values(full({2}, -3.0, kInt64), {-3, -3});
+}
+
+// Finding F9 (the fuzzer, in CI): narrow(x, d, start, length) checked `start + length > n`, a
+// signed overflow (undefined) for a length near INT64_MAX. The check is now `length > n - start`.
+TEST_CASE("Finding F9: narrow with a huge length is an error, not an overflow") {
+  Tensor x = tensor({{1.0, 2.0, 3.0}, {4.0, 5.0, 6.0}});
+  CHECK_THROWS_WITH_AS(narrow(x, 1, 2, std::numeric_limits<int64_t>::max()),
+                       doctest::Contains("narrow: start 2 + length 9223372036854775807 exceeds dim 1 of size 3"),
+                       Error);
+  CHECK_THROWS_AS(narrow(x, 0, -1, std::numeric_limits<int64_t>::max()), Error);
+  check_values(narrow(x, 1, 2, 1), {3.0, 6.0});
 }
 
 // Finding F8 (the sanitizer suite: "explain mode prints each rule..." in test_higher_order.cpp):
