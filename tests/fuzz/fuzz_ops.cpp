@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdint>
@@ -67,6 +68,7 @@ void f6_probe() {
   from_vector({-1e300}, {1}, kInt64);
 }
 constexpr size_t kMaxNumel = 1 << 14;  // keeps one input cheap; shapes beyond it are built only as factories' requests
+constexpr size_t kMaxPair = 1 << 22;
 
 struct Program {
   FuzzedDataProvider& in;
@@ -109,9 +111,17 @@ struct Program {
       default: return kInt64;
     }
   }
+  static bool too_big(const Tensor& a, const Tensor& b) {
+    size_t na = a.defined() ? a.numel() : 0, nb = b.defined() ? b.numel() : 0;
+    return std::max<size_t>(na, 1) * std::max<size_t>(nb, 1) > kMaxPair;
+  }
   Tensor& pick() { return pool[in.ConsumeIntegralInRange<size_t>(0, pool.size() - 1)]; }
+  // Results past kMaxNumel are not kept: repeated cat or broadcasting would otherwise double the
+  // pool's tensors until the fuzzer's memory limit (found by a 25-minute run), testing only the
+  // machine. An op whose operands' sizes multiply past kMaxPair (a broadcast outer product) is
+  // not run for the same reason.
   void put(Tensor t) {
-    if (!t.defined()) return;
+    if (!t.defined() || t.numel() > kMaxNumel) return;
     pool[in.ConsumeIntegralInRange<size_t>(0, pool.size() - 1)] = std::move(t);
   }
 
@@ -255,7 +265,7 @@ struct Program {
         int code = in.ConsumeIntegralInRange<int>(0, 55);
         Tensor& a = pick();
         Tensor& b = pick();
-        put(op(code, a, b));
+        if (!too_big(a, b)) put(op(code, a, b));
         return;
       }
       case 8: (void)pick().item(); return;
@@ -263,7 +273,7 @@ struct Program {
         int code = in.ConsumeIntegralInRange<int>(0, 55);
         Tensor& a = pick();
         Tensor& b = pick();
-        put(op(code, a, b));
+        if (!too_big(a, b)) put(op(code, a, b));
       }
     }
   }
