@@ -29,6 +29,7 @@ void Node::operator delete(void* p, size_t bytes) { detail::pool_free(p, bytes);
 
 Node::~Node() {
   if (inputs != inline_) delete[] inputs;
+  if (detail::remembered_sites.load(std::memory_order_relaxed) != 0) detail::forget_site(this);
 }
 
 void Node::set_inputs(const Tensor* first, size_t n) {

@@ -43,14 +43,45 @@ const uint64_t kLeafIds = 1000000000000ull;  // leaves' ids in explain records s
 BackwardScope::BackwardScope(const Node* n) : prev_(backward_running) { backward_running = n; }
 BackwardScope::~BackwardScope() { backward_running = prev_; }
 
+std::atomic<size_t> remembered_sites{0};
+namespace {
+std::mutex sites_mutex;
+std::unordered_map<const Node*, CallSite> sites;
+}  // namespace
+
+void remember_site(const Node* node) {
+  CallSite site = CallSite::current();
+  if (!site.known()) return;
+  std::lock_guard<std::mutex> lock(sites_mutex);
+  if (sites.insert_or_assign(node, site).second) remembered_sites.fetch_add(1, std::memory_order_relaxed);
+}
+void forget_site(const Node* node) {
+  std::lock_guard<std::mutex> lock(sites_mutex);
+  if (sites.erase(node)) remembered_sites.fetch_sub(1, std::memory_order_relaxed);
+}
+static CallSite site_of(const Node* node) {
+  std::lock_guard<std::mutex> lock(sites_mutex);
+  auto it = sites.find(node);
+  return it == sites.end() ? CallSite::unknown() : it->second;
+}
+static void put_site(std::ostream& os, const char* verb, const CallSite& site) {
+  if (site.known()) os << ", " << verb << " at " << site.file() << ":" << site.line() << " in " << site.function();
+}
+
 void check_anomaly(const char* op, const Tensor& out, const Tensor* inputs, size_t n) {
   if (all_finite(out)) return;
   std::ostringstream os;
   os << "anomaly: " << op << " produced NaN or Inf in its output " << out.shape() << " from inputs";
   for (size_t i = 0; i < n; ++i) os << (i ? ", " : " ") << inputs[i].shape();
-  os << " (op number " << next_seq() << " on the tape)";
-  if (backward_running)
-    os << " during the backward of " << backward_running->name << " (op number " << backward_running->seq << ")";
+  os << " (op number " << next_seq() << " on the tape";
+  if (!backward_running) {
+    put_site(os, "called", CallSite::current());
+    os << ")";
+  } else {  // the op was called by a backward rule: the useful site is where that node was made
+    os << ") during the backward of " << backward_running->name << " (op number " << backward_running->seq;
+    put_site(os, "created", site_of(backward_running));
+    os << ")";
+  }
   throw Error(os.str());
 }
 
@@ -59,6 +90,7 @@ void check_anomaly_grad(const Node& node, size_t i, const Tensor& grad) {
   std::ostringstream os;
   os << "anomaly: backward of " << node.name << " (op number " << node.seq << ", inputs";
   for (size_t k = 0; k < node.n_inputs; ++k) os << (k ? ", " : " ") << node.inputs[k].input.shape();
+  put_site(os, "created", site_of(&node));
   os << ") produced NaN or Inf in the gradient of input " << i << " " << grad.shape();
   throw Error(os.str());
 }

@@ -2,9 +2,11 @@
 // Node: what an op leaves on the tape. It holds its inputs (which are also the values its
 // backward may read), their versions when saved, a creation sequence number (creation order is a
 // topological order), and the op's backward. `record` is how every op in ops/ makes one.
+#include <atomic>
 #include <functional>
 #include <utility>
 
+#include "callsite.hpp"
 #include "tensor.hpp"
 
 namespace tapegrad {
@@ -39,7 +41,8 @@ class EnableGradGuard {
 
 // ---- anomaly mode (thread-local) ------------------------------------------------------------------
 // While alive, every op checks its output, and every backward the gradients it produces, for NaN
-// or Inf, and throws an Error naming the op, its input shapes and its sequence number.
+// or Inf, and throws an Error naming the op, its input shapes, its sequence number and the call
+// site that made it (engine/callsite.hpp).
 class DetectAnomalyGuard {
  public:
   DetectAnomalyGuard();
@@ -186,6 +189,11 @@ void accumulate_grad(const char* op, TensorImpl* t, const Tensor& grad, bool cre
 namespace detail {
 void check_anomaly(const char* op, const Tensor& out, const Tensor* inputs, size_t n);
 void check_anomaly_grad(const Node& node, size_t i, const Tensor& grad);
+// Under anomaly mode, each node keeps the call site it was made at (CallSite::current()) in a
+// side table, for the backward's error; ~Node forgets it.
+void remember_site(const Node* node);
+void forget_site(const Node* node);
+extern std::atomic<size_t> remembered_sites;
 // Marks the node whose backward is running (anomaly messages name it).
 struct BackwardScope {
   explicit BackwardScope(const Node* n);
@@ -207,20 +215,24 @@ void attach(const Tensor& out, Node* node, const char* name, const Tensor* first
 template <class F>
 Tensor record(const char* name, Tensor out, std::initializer_list<Tensor> inputs, F&& backward,
               const char* input_names = nullptr) {
-  if (DetectAnomalyGuard::is_enabled()) detail::check_anomaly(name, out, inputs.begin(), inputs.size());
+  const bool anomaly = DetectAnomalyGuard::is_enabled();
+  if (anomaly) detail::check_anomaly(name, out, inputs.begin(), inputs.size());
   if (!GradMode::is_enabled() || !detail::any_requires_grad(inputs.begin(), inputs.size())) return out;
   auto* node = new LambdaNode<std::decay_t<F>>(std::forward<F>(backward));
   node->input_names = input_names;
   detail::attach(out, node, name, inputs.begin(), inputs.size());
+  if (anomaly) detail::remember_site(node);
   return out;
 }
 // The same with a runtime-sized input list (cat, stack).
 template <class F>
 Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, F&& backward) {
-  if (DetectAnomalyGuard::is_enabled()) detail::check_anomaly(name, out, inputs.data(), inputs.size());
+  const bool anomaly = DetectAnomalyGuard::is_enabled();
+  if (anomaly) detail::check_anomaly(name, out, inputs.data(), inputs.size());
   if (!GradMode::is_enabled() || !detail::any_requires_grad(inputs.data(), inputs.size())) return out;
-  detail::attach(out, new LambdaNode<std::decay_t<F>>(std::forward<F>(backward)), name,
-                 inputs.data(), inputs.size());
+  auto* node = new LambdaNode<std::decay_t<F>>(std::forward<F>(backward));
+  detail::attach(out, node, name, inputs.data(), inputs.size());
+  if (anomaly) detail::remember_site(node);
   return out;
 }
 

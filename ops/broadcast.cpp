@@ -20,7 +20,8 @@ Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
 }
 
 // sum_to: y = Σ over broadcast axes of x      dx = expand(dy, shape(x))
-Tensor sum_to(const Tensor& x, const Shape& shape) {
+Tensor sum_to(const Tensor& x, const Shape& shape, CallSite site) {
+  const SiteScope in(site);
   if (x.shape() == shape) return x;
   const Shape& xs = x.shape();
   if (shape.rank() > xs.rank()) fail("sum_to: cannot reduce ", xs, " to the larger rank ", shape);
@@ -41,7 +42,8 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
 }
 
 // expand: y = x broadcast to shape      dx = sum_to(dy, shape(x))
-Tensor expand(const Tensor& x, const Shape& shape) {
+Tensor expand(const Tensor& x, const Shape& shape, CallSite site) {
+  const SiteScope in(site);
   check_float("expand", x);
   if (broadcast_shapes("expand", x.shape(), shape) != shape)
     fail("expand: shape ", x.shape(), " cannot be expanded to ", shape);

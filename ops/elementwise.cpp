@@ -34,7 +34,8 @@ static Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
 }
 
 // add: y = a + b      da = dy      db = dy      (each summed to its input's shape)
-Tensor add(const Tensor& a, const Tensor& b) {
+Tensor add(const Tensor& a, const Tensor& b, CallSite site) {
+  const SiteScope in(site);
   Tensor out = binary("add", a, b, [](auto&& x, auto&& y) { return x + y; });
   return record("add", out, {a, b}, [](Backward& g) {
     if (g.wants(0)) g.add(0, sum_to(g.dout(), g.input(0).shape()), "da += sum_to(dout)");
@@ -43,7 +44,8 @@ Tensor add(const Tensor& a, const Tensor& b) {
 }
 
 // sub: y = a - b      da = dy      db = -dy
-Tensor sub(const Tensor& a, const Tensor& b) {
+Tensor sub(const Tensor& a, const Tensor& b, CallSite site) {
+  const SiteScope in(site);
   Tensor out = binary("sub", a, b, [](auto&& x, auto&& y) { return x - y; });
   return record("sub", out, {a, b}, [](Backward& g) {
     if (g.wants(0)) g.add(0, sum_to(g.dout(), g.input(0).shape()), "da += sum_to(dout)");
@@ -52,7 +54,8 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 }
 
 // mul: y = a·b      da = dy·b      db = dy·a
-Tensor mul(const Tensor& a, const Tensor& b) {
+Tensor mul(const Tensor& a, const Tensor& b, CallSite site) {
+  const SiteScope in(site);
   Tensor out = binary("mul", a, b, [](auto&& x, auto&& y) { return x * y; });
   return record("mul", out, {a, b}, [](Backward& g) {
     if (g.wants(0)) g.add(0, sum_to(mul(g.dout(), g.input(1)), g.input(0).shape()), "da += sum_to(dout·b)");
@@ -61,7 +64,8 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 }
 
 // div: y = a / b      da = dy / b      db = -dy·a / b² = -dy·y / b
-Tensor div(const Tensor& a, const Tensor& b) {
+Tensor div(const Tensor& a, const Tensor& b, CallSite site) {
+  const SiteScope in(site);
   Tensor out = binary("div", a, b, [](auto&& x, auto&& y) { return x / y; });
   return record("div", out, {a, b}, [](Backward& g) {
     const Tensor& b = g.input(1);
@@ -71,7 +75,8 @@ Tensor div(const Tensor& a, const Tensor& b) {
 }
 
 // neg: y = -x      dx = -dy
-Tensor neg(const Tensor& x) {
+Tensor neg(const Tensor& x, CallSite site) {
+  const SiteScope in(site);
   check_float("neg", x);
   Tensor out = empty_out(x.dtype(), x.shape());
   dispatch("neg", x.dtype(), [&]<class T>() {
@@ -87,11 +92,11 @@ Tensor scalar_like(const Tensor& x, double value) {
   return scalar_tensor(value, x.dtype() == kInt64 ? kFloat32 : x.dtype());
 }
 
-Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
-Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
-Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
-Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
-Tensor operator-(const Tensor& x) { return neg(x); }
+Tensor operator+(const Tensor& a, Operand b) { return add(a, b.tensor, b.site); }
+Tensor operator-(const Tensor& a, Operand b) { return sub(a, b.tensor, b.site); }
+Tensor operator*(const Tensor& a, Operand b) { return mul(a, b.tensor, b.site); }
+Tensor operator/(const Tensor& a, Operand b) { return div(a, b.tensor, b.site); }
+Tensor operator-(Operand x) { return neg(x.tensor, x.site); }
 // ---- a tensor and a number ------------------------------------------------------------------------
 // The number is kept in the node (8 bytes) rather than saved as a tensor: in a long chain of
 // `y = y * w + 0.0001` that is a quarter of the memory per op.
@@ -125,13 +130,13 @@ static Tensor div_scalar(const Tensor& x, double d) {
   return record("div", out, {x}, [d](Backward& g) { g.add(0, div_scalar(g.dout(), d), "dx += dout / d"); });
 }
 
-Tensor operator+(const Tensor& a, double b) { return scale_shift("add", a, 1.0, b); }
-Tensor operator-(const Tensor& a, double b) { return scale_shift("sub", a, 1.0, -b); }
-Tensor operator*(const Tensor& a, double b) { return scale_shift("mul", a, b, 0.0); }
-Tensor operator/(const Tensor& a, double b) { return div_scalar(a, b); }
-Tensor operator+(double a, const Tensor& b) { return scale_shift("add", b, 1.0, a); }
-Tensor operator-(double a, const Tensor& b) { return scale_shift("sub", b, -1.0, a); }
-Tensor operator*(double a, const Tensor& b) { return scale_shift("mul", b, a, 0.0); }
-Tensor operator/(double a, const Tensor& b) { return div(scalar_like(b, a), b); }
+Tensor operator+(Operand a, double b) { const SiteScope in(a.site); return scale_shift("add", a.tensor, 1.0, b); }
+Tensor operator-(Operand a, double b) { const SiteScope in(a.site); return scale_shift("sub", a.tensor, 1.0, -b); }
+Tensor operator*(Operand a, double b) { const SiteScope in(a.site); return scale_shift("mul", a.tensor, b, 0.0); }
+Tensor operator/(Operand a, double b) { const SiteScope in(a.site); return div_scalar(a.tensor, b); }
+Tensor operator+(double a, Operand b) { const SiteScope in(b.site); return scale_shift("add", b.tensor, 1.0, a); }
+Tensor operator-(double a, Operand b) { const SiteScope in(b.site); return scale_shift("sub", b.tensor, -1.0, a); }
+Tensor operator*(double a, Operand b) { const SiteScope in(b.site); return scale_shift("mul", b.tensor, a, 0.0); }
+Tensor operator/(double a, Operand b) { const SiteScope in(b.site); return div(scalar_like(b.tensor, a), b.tensor); }
 
 }  // namespace tapegrad

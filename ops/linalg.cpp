@@ -34,7 +34,8 @@ std::string op_str(const Shape& s, bool t) { return s.str() + (t ? "ᵀ" : ""); 
 //   dA = dC·op(B)ᵀ   (or op(B)·dCᵀ when A was read transposed)
 //   dB = op(A)ᵀ·dC   (or dCᵀ·op(A) when B was read transposed)
 // Each is itself an mm with flags, so the backward is differentiable and copies nothing.
-Tensor mm(const Tensor& a, const Tensor& b, bool ta, bool tb) {
+Tensor mm(const Tensor& a, const Tensor& b, bool ta, bool tb, CallSite site) {
+  const SiteScope in(site);
   check_same_dtype("matmul", a, b);
   if (a.dim() != 2 || b.dim() != 2)
     fail("matmul: mm needs 2-D operands, got ", a.shape(), " and ", b.shape());
@@ -79,7 +80,8 @@ static Tensor bmm(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   });
 }
 
-Tensor matmul(const Tensor& a, const Tensor& b) {
+Tensor matmul(const Tensor& a, const Tensor& b, CallSite site) {
+  const SiteScope in(site);
   check_same_dtype("matmul", a, b);
   if (a.dim() == 2 && b.dim() == 2) return mm(a, b);
   if (a.dim() == 3 && b.dim() == 3) return bmm(a, b, false, false);
@@ -94,7 +96,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 }
 
 // linear: y = x·W + b     x:[B,K] W:[K,N] b:[N] y:[B,N]
-Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, CallSite site) {
+  const SiteScope in(site);
   check_same_dtype("linear", x, W);
   if (b.defined()) check_same_dtype("linear", x, b);
   if (W.dim() != 2 || x.dim() < 1 || (b.defined() && (b.dim() != 1 || b.shape()[0] != W.shape()[1])) ||

@@ -160,7 +160,8 @@ Tensor loss_scale(const Tensor& dy, Reduction r, size_t n) {
 }  // namespace
 
 // log_softmax: y = x - m - ln Σ exp(x - m)      dx = dy - softmax(x)·Σ dy,   softmax(x) = exp(y)
-Tensor log_softmax(const Tensor& x, int64_t dim) {
+Tensor log_softmax(const Tensor& x, int64_t dim, CallSite site) {
+  const SiteScope in(site);
   Tensor out = softmax_forward("log_softmax", x, dim, true);
   return record("log_softmax", out, {x}, [dim](Backward& g) {
     const Tensor& dy = g.dout();
@@ -169,7 +170,8 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
 }
 
 // softmax: y = exp(x - m) / Σ exp(x - m)      dx = y·(dy - Σ dy·y)
-Tensor softmax(const Tensor& x, int64_t dim) {
+Tensor softmax(const Tensor& x, int64_t dim, CallSite site) {
+  const SiteScope in(site);
   Tensor out = softmax_forward("softmax", x, dim, false);
   return record("softmax", out, {x}, [dim](Backward& g) {
     const Tensor &y = g.out(), &dy = g.dout();
@@ -178,7 +180,8 @@ Tensor softmax(const Tensor& x, int64_t dim) {
 }
 
 // nll_loss: l_b = -lp[b, y_b], reduced      dlp[b, y_b] = -dl_b (÷B for Mean), 0 elsewhere
-Tensor nll_loss(const Tensor& log_probs, const Tensor& labels, Reduction r) {
+Tensor nll_loss(const Tensor& log_probs, const Tensor& labels, Reduction r, CallSite site) {
+  const SiteScope in(site);
   check_labels("nll_loss", log_probs, labels);
   size_t B = log_probs.shape()[0], C = log_probs.shape()[1];
   Tensor elems = empty_out(log_probs.dtype(), Shape{B});
@@ -199,7 +202,8 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& labels, Reduction r) {
 }
 
 // cross_entropy: nll_loss(log_softmax(logits, 1), labels)
-Tensor cross_entropy(const Tensor& logits, const Tensor& labels, Reduction r) {
+Tensor cross_entropy(const Tensor& logits, const Tensor& labels, Reduction r, CallSite site) {
+  const SiteScope in(site);
   check_labels("cross_entropy", logits, labels);
   if (r == Reduction::Mean && logits.shape()[0] == 0)
     fail("cross_entropy: the mean over an empty batch ", logits.shape(), " is undefined (use Reduction::Sum)");
@@ -207,7 +211,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, Reduction r) {
 }
 
 // mse_loss: l = (x - t)², reduced      dx = 2(x - t)·dl (÷n for Mean)      dt = -dx
-Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction r) {
+Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction r, CallSite site) {
+  const SiteScope in(site);
   check_same_shapes("mse_loss", "input", input, "target", target);
   Tensor elems = empty_out(input.dtype(), input.shape());
   dispatch("mse_loss", input.dtype(), [&]<class T>() {
@@ -225,7 +230,8 @@ Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction r) {
 
 // binary_cross_entropy_with_logits: l = max(x,0) - x·t + ln(1 + e^-|x|), reduced
 //   dx = (σ(x) - t)·dl (÷n for Mean)      dt = -x·dl (÷n for Mean)
-Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targets, Reduction r) {
+Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targets, Reduction r, CallSite site) {
+  const SiteScope in(site);
   const char* op = "binary_cross_entropy_with_logits";
   check_same_shapes(op, "logits", logits, "targets", targets);
   Tensor elems = empty_out(logits.dtype(), logits.shape());

@@ -42,7 +42,8 @@ std::vector<int64_t> as_dims(const Shape& s) { return {s.begin(), s.end()}; }
 }  // namespace
 
 // sum: y = Σ_axes x      dx = dy expanded back over the summed axes
-Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
+Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim, CallSite site) {
+  const SiteScope in(site);
   check_float("sum", x);
   std::vector<size_t> axes = reduce_axes("sum", x, dims);
   Tensor out = empty_out(x.dtype(), reduced_shape(x.shape(), axes, keepdim));
@@ -52,11 +53,14 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
     g.add(0, expand(reshape(g.dout(), as_dims(kept)), in_shape), "dx += expand(dout)");
   });
 }
-Tensor sum(const Tensor& x) { return sum(x, std::vector<int64_t>{}, false); }
-Tensor sum(const Tensor& x, int64_t dim, bool keepdim) { return sum(x, std::vector<int64_t>{dim}, keepdim); }
+Tensor sum(const Tensor& x, CallSite site) { return sum(x, std::vector<int64_t>{}, false, site); }
+Tensor sum(const Tensor& x, int64_t dim, bool keepdim, CallSite site) {
+  return sum(x, std::vector<int64_t>{dim}, keepdim, site);
+}
 
 // mean: y = Σ_axes x / n      dx = dy / n, expanded
-Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
+Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim, CallSite site) {
+  const SiteScope in(site);
   check_float("mean", x);
   std::vector<size_t> axes = reduce_axes("mean", x, dims);
   size_t n = 1;
@@ -64,8 +68,10 @@ Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
   if (n == 0) fail("mean: reducing ", x.shape(), " over an empty dim");
   return sum(x, dims, keepdim) * (1.0 / static_cast<double>(n));
 }
-Tensor mean(const Tensor& x) { return mean(x, std::vector<int64_t>{}, false); }
-Tensor mean(const Tensor& x, int64_t dim, bool keepdim) { return mean(x, std::vector<int64_t>{dim}, keepdim); }
+Tensor mean(const Tensor& x, CallSite site) { return mean(x, std::vector<int64_t>{}, false, site); }
+Tensor mean(const Tensor& x, int64_t dim, bool keepdim, CallSite site) {
+  return mean(x, std::vector<int64_t>{dim}, keepdim, site);
+}
 
 // ---- one element per lane: take_along / put_along ------------------------------------------------
 // A dim `axis` of a shape splits it into lanes: [outer, n, inner], lane (o, i) holding the n
@@ -206,11 +212,29 @@ Tensor arg_extreme(const char* op, const Tensor& x, int64_t dim, bool keepdim, b
 
 }  // namespace
 
-Tensor max(const Tensor& x) { return extreme_all("max", x, true); }
-Tensor max(const Tensor& x, int64_t dim, bool keepdim) { return extreme("max", x, dim, keepdim, true); }
-Tensor min(const Tensor& x) { return extreme_all("min", x, false); }
-Tensor min(const Tensor& x, int64_t dim, bool keepdim) { return extreme("min", x, dim, keepdim, false); }
-Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) { return arg_extreme("argmax", x, dim, keepdim, true); }
-Tensor argmin(const Tensor& x, int64_t dim, bool keepdim) { return arg_extreme("argmin", x, dim, keepdim, false); }
+Tensor max(const Tensor& x, CallSite site) {
+  const SiteScope in(site);
+  return extreme_all("max", x, true);
+}
+Tensor max(const Tensor& x, int64_t dim, bool keepdim, CallSite site) {
+  const SiteScope in(site);
+  return extreme("max", x, dim, keepdim, true);
+}
+Tensor min(const Tensor& x, CallSite site) {
+  const SiteScope in(site);
+  return extreme_all("min", x, false);
+}
+Tensor min(const Tensor& x, int64_t dim, bool keepdim, CallSite site) {
+  const SiteScope in(site);
+  return extreme("min", x, dim, keepdim, false);
+}
+Tensor argmax(const Tensor& x, int64_t dim, bool keepdim, CallSite site) {
+  const SiteScope in(site);
+  return arg_extreme("argmax", x, dim, keepdim, true);
+}
+Tensor argmin(const Tensor& x, int64_t dim, bool keepdim, CallSite site) {
+  const SiteScope in(site);
+  return arg_extreme("argmin", x, dim, keepdim, false);
+}
 
 }  // namespace tapegrad

@@ -55,7 +55,8 @@ Tensor normal_cdf(const Tensor& x) {
 }  // namespace
 
 // tanh: y = tanh(x)      dx = dy·(1 - y²)
-Tensor tanh(const Tensor& x) {
+Tensor tanh(const Tensor& x, CallSite site) {
+  const SiteScope in(site);
   Tensor out = unary("tanh", x, [](auto&& v) { return xt::tanh(v); });
   return record("tanh", out, {x}, [](Backward& g) { g.add(0, tanh_backward(g.dout(), g.out()), "dx = dout·(1 - y²)"); });
 }
@@ -77,7 +78,8 @@ static Tensor from_output_rule(const char* op, const Tensor& dy, const Tensor& y
 }
 
 // tanh_backward: dx = dy·(1 - y²)      d(dy) = ddx·(1 - y²)      d(y) = -2·ddx·dy·y
-Tensor tanh_backward(const Tensor& dy, const Tensor& y) {
+Tensor tanh_backward(const Tensor& dy, const Tensor& y, CallSite site) {
+  const SiteScope in(site);
   Tensor out = from_output_rule("tanh_backward", dy, y, [](auto d, auto v) { return d * (1 - v * v); });
   return record("tanh_backward", out, {dy, y}, [](Backward& g) {
     const Tensor &dy = g.input(0), &y = g.input(1);
@@ -87,7 +89,8 @@ Tensor tanh_backward(const Tensor& dy, const Tensor& y) {
 }
 
 // sigmoid_backward: dx = dy·y·(1 - y)      d(dy) = ddx·y·(1 - y)      d(y) = ddx·dy·(1 - 2y)
-Tensor sigmoid_backward(const Tensor& dy, const Tensor& y) {
+Tensor sigmoid_backward(const Tensor& dy, const Tensor& y, CallSite site) {
+  const SiteScope in(site);
   Tensor out = from_output_rule("sigmoid_backward", dy, y, [](auto d, auto v) { return d * v * (1 - v); });
   return record("sigmoid_backward", out, {dy, y}, [](Backward& g) {
     const Tensor &dy = g.input(0), &y = g.input(1);
@@ -97,19 +100,22 @@ Tensor sigmoid_backward(const Tensor& dy, const Tensor& y) {
 }
 
 // exp: y = eˣ      dx = dy·y
-Tensor exp(const Tensor& x) {
+Tensor exp(const Tensor& x, CallSite site) {
+  const SiteScope in(site);
   Tensor out = unary("exp", x, [](auto&& v) { return safe_exp(v); });
   return record("exp", out, {x}, [](Backward& g) { g.add(0, g.dout() * g.out()); });
 }
 
 // log: y = ln x      dx = dy / x
-Tensor log(const Tensor& x) {
+Tensor log(const Tensor& x, CallSite site) {
+  const SiteScope in(site);
   Tensor out = unary("log", x, [](auto&& v) { return xt::log(v); });
   return record("log", out, {x}, [](Backward& g) { g.add(0, g.dout() / g.input(0)); });
 }
 
 // sqrt: y = √x      dx = dy / (2y)
-Tensor sqrt(const Tensor& x) {
+Tensor sqrt(const Tensor& x, CallSite site) {
+  const SiteScope in(site);
   Tensor out = unary("sqrt", x, [](auto&& v) { return xt::sqrt(v); });
   return record("sqrt", out, {x}, [](Backward& g) { g.add(0, g.dout() / (g.out() * 2.0)); });
 }
@@ -126,7 +132,8 @@ static void pow_kernel(const Tensor& x, const Tensor& e, const Tensor& out) {
 }
 
 // pow: y = xᵖ (p a number)      dx = dy·p·xᵖ⁻¹
-Tensor pow(const Tensor& x, double p) {
+Tensor pow(const Tensor& x, double p, CallSite site) {
+  const SiteScope in(site);
   check_float("pow", x);
   Tensor out = empty_out(x.dtype(), x.shape());
   pow_kernel(x, scalar_like(x, p), out);
@@ -141,7 +148,8 @@ Tensor pow(const Tensor& x, double p) {
 
 // pow: y = xᵉ (e a tensor, broadcast with x)      dx = dy·e·xᵉ⁻¹      de = dy·y·ln x
 // At x = 0 the exponent's derivative is taken as 0 (PyTorch's choice): ln is read at 1 there.
-Tensor pow(const Tensor& x, const Tensor& e) {
+Tensor pow(const Tensor& x, const Tensor& e, CallSite site) {
+  const SiteScope in(site);
   check_same_dtype("pow", x, e);
   Shape shape = broadcast_shapes("pow", x.shape(), e.shape());
   Tensor out = empty_out(x.dtype(), shape);
@@ -161,7 +169,8 @@ Tensor pow(const Tensor& x, const Tensor& e) {
 }
 
 // abs: y = |x|      dx = dy·sign(x)   (0 at 0)
-Tensor abs(const Tensor& x) {
+Tensor abs(const Tensor& x, CallSite site) {
+  const SiteScope in(site);
   Tensor out = unary("abs", x, [](auto&& v) { return xt::abs(v); });
   return record("abs", out, {x}, [](Backward& g) {
     g.add(0, g.dout() * constant_map("abs", g.input(0), [](auto v) { return (v > 0) - (v < 0); }));
@@ -170,7 +179,8 @@ Tensor abs(const Tensor& x) {
 
 // sigmoid: y = 1/(1 + e⁻ˣ)      dx = dy·y·(1 - y)
 // (for x → -∞, e⁻ˣ overflows to inf and y to exactly 0: no NaN on either side)
-Tensor sigmoid(const Tensor& x) {
+Tensor sigmoid(const Tensor& x, CallSite site) {
+  const SiteScope in(site);
   Tensor out = unary("sigmoid", x, [](auto&& v) {
     using T = typename std::decay_t<decltype(v)>::value_type;
     return T(1) / (T(1) + safe_exp(-v));
@@ -181,7 +191,8 @@ Tensor sigmoid(const Tensor& x) {
 }
 
 // relu: y = max(x, 0)      dx = dy·[x > 0]
-Tensor relu(const Tensor& x) {
+Tensor relu(const Tensor& x, CallSite site) {
+  const SiteScope in(site);
   Tensor out = unary("relu", x, [](auto&& v) {
     using T = typename std::decay_t<decltype(v)>::value_type;
     return xt::maximum(v, T(0));
@@ -190,7 +201,8 @@ Tensor relu(const Tensor& x) {
 }
 
 // relu_backward: dx = dy·[y > 0]      d(dy) = ddx·[y > 0]      (the mask's own derivative is 0)
-Tensor relu_backward(const Tensor& dy, const Tensor& y) {
+Tensor relu_backward(const Tensor& dy, const Tensor& y, CallSite site) {
+  const SiteScope in(site);
   Tensor out = from_output_rule("relu_backward", dy, y, [](auto d, auto v) { return v > 0 ? d : decltype(d)(0); });
   return record("relu_backward", out, {dy, y}, [](Backward& g) {
     if (g.wants(0)) g.add(0, relu_backward(g.dout(), g.input(1)));
@@ -198,7 +210,8 @@ Tensor relu_backward(const Tensor& dy, const Tensor& y) {
 }
 
 // leaky_relu: y = x if x > 0 else s·x      dx = dy·(1 if x > 0 else s)
-Tensor leaky_relu(const Tensor& x, double s) {
+Tensor leaky_relu(const Tensor& x, double s, CallSite site) {
+  const SiteScope in(site);
   Tensor out = unary("leaky_relu", x, [s](auto&& v) {
     using T = typename std::decay_t<decltype(v)>::value_type;
     return xt::where(v > T(0), v, v * static_cast<T>(s));
@@ -209,7 +222,8 @@ Tensor leaky_relu(const Tensor& x, double s) {
 }
 
 // gelu: y = x·Φ(x)      dx = dy·(Φ(x) + x·φ(x))
-Tensor gelu(const Tensor& x) {
+Tensor gelu(const Tensor& x, CallSite site) {
+  const SiteScope in(site);
   Tensor out = unary("gelu", x, [](auto&& v) {
     using T = typename std::decay_t<decltype(v)>::value_type;
     return v * T(0.5) * (T(1) + xt::erf(v * T(kInvSqrt2)));
@@ -221,7 +235,8 @@ Tensor gelu(const Tensor& x) {
 }
 
 // clamp: y = min(max(x, lo), hi)      dx = dy·[lo <= x <= hi]
-Tensor clamp(const Tensor& x, double lo, double hi) {
+Tensor clamp(const Tensor& x, double lo, double hi, CallSite site) {
+  const SiteScope in(site);
   check_float("clamp", x);
   if (std::isnan(lo) || std::isnan(hi)) fail("clamp: bounds must not be NaN (lo ", lo, ", hi ", hi, ") for ", x.shape());
   if (lo > hi) fail("clamp: lo ", lo, " is greater than hi ", hi, " for input ", x.shape());

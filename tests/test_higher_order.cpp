@@ -240,6 +240,41 @@ TEST_CASE("anomaly mode names the op that first produced NaN or Inf") {
   CHECK(std::isinf(inf.to_vector()[0]));
 }
 
+// Matches `before` followed by "file:line in " of a line of this file, as std::source_location reports it.
+static doctest::Contains here(const std::string& before, unsigned line) {
+  return doctest::Contains((before + std::string(__FILE__) + ":" + std::to_string(line) + " in ").c_str());
+}
+static Tensor reciprocal_in_a_helper(const Tensor& x) { return div(ones_like(x), x); }  // the site is this line
+static const unsigned kHelperLine = __LINE__ - 1;
+
+TEST_CASE("anomaly errors give the call site in user code, or only the op number without source_location") {
+  Tensor x = tensor({0.0, 4.0}, dtype(kFloat64).requires_grad());
+  Tensor logits = tensor({{NAN, 0.0}}, kFloat64), labels = from_indices({0}, {1});
+  DetectAnomalyGuard anomaly;
+#if defined(__cpp_lib_source_location)
+  const unsigned op_line = __LINE__ + 1;
+  CHECK_THROWS_WITH_AS(1.0 / x, here("on the tape, called at ", op_line), Error);  // an operator
+  const unsigned fn_line = __LINE__ + 1;
+  CHECK_THROWS_WITH_AS(log(x), here("called at ", fn_line), Error);  // a named op
+  // a composite op (cross_entropy -> log_softmax -> ...): the user's line, not the library's
+  const unsigned ce_line = __LINE__ + 1;
+  CHECK_THROWS_WITH_AS(cross_entropy(logits, labels), here("called at ", ce_line), Error);
+  // a site ends with its op: the helper's own div is reported, not the relu whose result it takes
+  CHECK_THROWS_WITH_AS(reciprocal_in_a_helper(relu(x)), here("called at ", kHelperLine), Error);
+  // backward: sqrt is fine at 0 in the forward; its derivative 1/(2·sqrt(0)) is not, and the error
+  // names where the sqrt node was created
+  const unsigned sqrt_line = __LINE__ + 1;
+  Tensor r = sqrt(x);
+  CHECK_THROWS_WITH_AS(sum(r).backward(),
+                       here("during the backward of sqrt (op number " + std::to_string(r.impl()->node->seq) + ", created at ",
+                            sqrt_line),
+                       Error);
+#else
+  CHECK_THROWS_WITH_AS(1.0 / x, doctest::Contains("on the tape)"), Error);
+#endif
+  CHECK_FALSE(x.grad().defined());
+}
+
 TEST_CASE("tanh_backward, sigmoid_backward and relu_backward are differentiable ops of their own") {
   Tensor dy = leaf64({2, 3}, 61), y = leaf64({2, 3}, 62, -0.9, 0.9);
   CHECK_GRADCHECK([](auto& t) { return tanh_backward(t[0], t[1]); }, (std::vector<Tensor>{dy, y}));
