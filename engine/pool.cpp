@@ -1,5 +1,8 @@
 #include "pool.hpp"
 
+#include <sys/mman.h>
+
+#include <cstdlib>
 #include <new>
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -24,6 +27,25 @@ constexpr size_t kHeader = 8;
 constexpr size_t kClasses = 1024 / kGranule;       // blocks up to 1 KiB are pooled
 constexpr size_t kMaxSmallBytes = size_t(64) << 20;   // per thread; beyond that, back to malloc
 constexpr size_t kMaxLargeBytes = size_t(256) << 20;
+
+// Buffers of 1 MiB and more are aligned to 2 MiB, rounded up to whole 2 MiB pages and marked
+// MADV_HUGEPAGE: with transparent huge pages in "madvise" mode (Debian's default) a [2048,2048]
+// float matrix then needs 8 TLB entries instead of 4096. GEMM's packing of strided panels feels
+// it: W3's training step went from 197-213 to 159-166 ms (bench/README.md).
+constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kHugeFrom = size_t(1) << 20;
+void* raw_alloc(size_t bytes) {
+  if (bytes < kHugeFrom) return ::operator new(bytes);
+  size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* p = std::aligned_alloc(kHugePage, rounded);
+  if (!p) throw std::bad_alloc();
+  madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP it changes nothing
+  return p;
+}
+void raw_free(void* p, size_t bytes) {
+  if (bytes < kHugeFrom) ::operator delete(p);
+  else std::free(p);
+}
 
 struct FreeBlock {
   FreeBlock* next;
@@ -50,7 +72,7 @@ thread_local Pool pool;
 
 Pool::~Pool() {
   pool_alive = false;
-  for (size_t i = 0; i < n_large; ++i) ::operator delete(large[i].p);
+  for (size_t i = 0; i < n_large; ++i) raw_free(large[i].p, large[i].bytes);
   for (FreeBlock*& h : heads)
     while (h) {
       FreeBlock* b = h;
@@ -62,9 +84,10 @@ Pool::~Pool() {
 
 size_t size_class(size_t bytes) { return (bytes + kHeader + kGranule - 1) / kGranule; }
 
+
 void* pool_alloc(size_t bytes) {
   size_t c = size_class(bytes);
-  if (!pool_alive) return ::operator new(bytes);
+  if (!pool_alive) return raw_alloc(bytes);
   if (c > kClasses) {
     for (size_t i = pool.n_large; i-- > 0;)  // newest first: warmest in cache
       if (pool.large[i].bytes == bytes) {
@@ -73,7 +96,7 @@ void* pool_alloc(size_t bytes) {
         pool.large_cached -= bytes;
         return p;
       }
-    return ::operator new(bytes);
+    return raw_alloc(bytes);
   }
   if (FreeBlock* b = pool.heads[c]) {
     pool.heads[c] = b->next;
@@ -86,12 +109,12 @@ void* pool_alloc(size_t bytes) {
 void pool_free(void* p, size_t bytes) {
   size_t c = size_class(bytes);
   if (!pool_alive || (c <= kClasses && pool.cached + c * kGranule > kMaxSmallBytes) || bytes > kMaxLargeBytes) {
-    ::operator delete(p);
+    raw_free(p, bytes);
     return;
   }
   if (c > kClasses) {
     while (pool.n_large > 0 && (pool.n_large == kMaxLargeBlocks || pool.large_cached + bytes > kMaxLargeBytes)) {
-      ::operator delete(pool.large[0].p);  // make room: drop the oldest
+      raw_free(pool.large[0].p, pool.large[0].bytes);  // make room: drop the oldest
       pool.large_cached -= pool.large[0].bytes;
       for (size_t i = 1; i < pool.n_large; ++i) pool.large[i - 1] = pool.large[i];
       --pool.n_large;
