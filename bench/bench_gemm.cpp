@@ -5,7 +5,7 @@
 // Attribution: the project's shared peer code, /work/shared/peers/libtorch/bench_gemm.cpp; only the
 // helpers (splitmix64 data, stats, clock) now come from bench/common.hpp.
 //
-// Usage: bench_gemm [--threads N] [--min-time-ms T] [--only W2,W3,SQ]
+// Usage: bench_gemm [--threads N] [--min-time-ms T] [--only W2,W3,SQ] [--huge-pages]
 //   --threads N   openblas_set_num_threads(N) (set OPENBLAS_NUM_THREADS=N in the environment too).
 //
 // For every layer l of an MLP (in=d_l, out=d_{l+1}, batch B) the training step performs
@@ -18,6 +18,7 @@
 //   torch_ms   : W stored [out,in] -> fwd NT, dW (M=out,N=in) TN, dX NN
 //   best_ms    : min over the four variants for each GEMM  (= the GEMM lower bound of a step)
 #include <cblas.h>
+#include <sys/mman.h>
 
 #include "common.hpp"
 
@@ -30,6 +31,9 @@ using bench::Stats;
 double u01(uint64_t s, uint64_t i) { return bench::u01(s, i); }
 
 double g_min_time_ms = 300.0;
+// --huge-pages: buffers from 1 MiB up 2 MiB-aligned with MADV_HUGEPAGE, as tapegrad's pool makes
+// them (engine/pool.cpp). Not part of WORKLOADS.md's bound; reported beside it for comparison.
+bool g_huge_pages = false;
 
 struct Buf {
   float* p = nullptr;
@@ -37,7 +41,15 @@ struct Buf {
   void ensure(size_t need, uint64_t stream) {
     if (need <= n) return;
     std::free(p);
-    p = static_cast<float*>(std::aligned_alloc(64, ((need * sizeof(float) + 63) / 64) * 64));
+    size_t bytes = ((need * sizeof(float) + 63) / 64) * 64;
+    if (g_huge_pages && bytes >= (size_t(1) << 20)) {
+      const size_t page = size_t(2) << 20;
+      bytes = (bytes + page - 1) / page * page;
+      p = static_cast<float*>(std::aligned_alloc(page, bytes));
+      madvise(p, bytes, MADV_HUGEPAGE);
+    } else {
+      p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    }
     n = need;
     for (size_t i = 0; i < n; ++i) p[i] = float(u01(stream, i) * 2.0 - 1.0);
   }
@@ -134,12 +146,13 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
     else if (a == "--min-time-ms" && i + 1 < argc) g_min_time_ms = std::atof(argv[++i]);
+    else if (a == "--huge-pages") g_huge_pages = true;
     else if (a == "--only" && i + 1 < argc) {
       std::istringstream is(argv[++i]);
       std::string w;
       while (std::getline(is, w, ',')) only.push_back(w);
     } else {
-      std::fprintf(stderr, "bench_gemm [--threads N] [--min-time-ms T] [--only W2,W3,SQ]\n");
+      std::fprintf(stderr, "bench_gemm [--threads N] [--min-time-ms T] [--only W2,W3,SQ] [--huge-pages]\n");
       return 2;
     }
   }
@@ -148,9 +161,9 @@ int main(int argc, char** argv) {
   const char* env = std::getenv("OPENBLAS_NUM_THREADS");
   std::string cfg = openblas_get_config();
   for (auto& c : cfg) if (c == ' ') c = '_';
-  std::printf("INFO openblas_threads=%d openblas_core=%s openblas_parallel=%d OPENBLAS_NUM_THREADS=%s config=%s\n",
+  std::printf("INFO openblas_threads=%d openblas_core=%s openblas_parallel=%d OPENBLAS_NUM_THREADS=%s config=%s huge_pages=%d\n",
               openblas_get_num_threads(), openblas_get_corename(), openblas_get_parallel(), env ? env : "unset",
-              cfg.c_str());
+              cfg.c_str(), g_huge_pages ? 1 : 0);
   std::fflush(stdout);
 
   if (sel("SQ")) {
