@@ -28,22 +28,21 @@ constexpr size_t kClasses = 1024 / kGranule;       // blocks up to 1 KiB are poo
 constexpr size_t kMaxSmallBytes = size_t(64) << 20;   // per thread; beyond that, back to malloc
 constexpr size_t kMaxLargeBytes = size_t(256) << 20;
 
-// Buffers of 1 MiB and more are aligned to 2 MiB, rounded up to whole 2 MiB pages and marked
-// MADV_HUGEPAGE: with transparent huge pages in "madvise" mode (Debian's default) a [2048,2048]
-// float matrix then needs 8 TLB entries instead of 4096. GEMM's packing of strided panels feels
-// it: W3's training step went from 197-213 to 159-166 ms (bench/README.md).
+// Buffers of 2 MiB and more start on a 2 MiB boundary and are marked MADV_HUGEPAGE: with
+// transparent huge pages in "madvise" mode (Debian's default) a [2048,2048] float matrix then
+// needs 8 TLB entries instead of 4096, and GEMM's packing of strided panels feels it: W3's
+// training step went from 197-213 to 159-166 ms (bench/README.md). Sizes are not rounded up, so
+// no memory is wasted: a partial 2 MiB at the end keeps 4 KiB pages.
 constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kHugeFrom = size_t(1) << 20;
 void* raw_alloc(size_t bytes) {
-  if (bytes < kHugeFrom) return ::operator new(bytes);
-  size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  void* p = std::aligned_alloc(kHugePage, rounded);
-  if (!p) throw std::bad_alloc();
-  madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP it changes nothing
+  if (bytes < kHugePage) return ::operator new(bytes);
+  void* p = nullptr;
+  if (posix_memalign(&p, kHugePage, bytes) != 0) throw std::bad_alloc();
+  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: without THP it changes nothing
   return p;
 }
 void raw_free(void* p, size_t bytes) {
-  if (bytes < kHugeFrom) ::operator delete(p);
+  if (bytes < kHugePage) ::operator delete(p);
   else std::free(p);
 }
 

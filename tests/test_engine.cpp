@@ -160,10 +160,10 @@ TEST_CASE("factories") {
   CHECK_THROWS_AS(tensor({{1, 2}, {3}}), Error);
 }
 
-// Buffers from 1 MiB up come 2 MiB-aligned with huge-page advice (engine/pool.cpp) and are reused
+// Buffers from 2 MiB up come 2 MiB-aligned with huge-page advice (engine/pool.cpp) and are reused
 // by exact size; small and large ones must keep their values through free and reuse.
 TEST_CASE("large buffers: values survive reuse, sizes around the huge-page threshold") {
-  for (size_t n : {size_t(262143), size_t(262144), size_t(262145), size_t(524288), size_t(786433)}) {
+  for (size_t n : {size_t(262144), size_t(524287), size_t(524288), size_t(524289), size_t(786433)}) {
     for (int round = 0; round < 3; ++round) {  // round 1 and 2 get the block freed by round 0
       Tensor a = full({n}, 1.5 + round);
       Tensor b = arange(static_cast<double>(n));
