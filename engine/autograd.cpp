@@ -115,6 +115,44 @@ const Tensor& Backward::out() const {
 
 void Backward::add(size_t i, const Tensor& grad) { add(i, grad, nullptr); }
 
+const StepInBackward* Backward::fusable_step(size_t i) const {
+  if (!steps_ || steps_->empty() || create_graph_ || DetectAnomalyGuard::is_enabled() || ExplainGuard::current())
+    return nullptr;
+  TensorImpl* p = input(i).impl();
+  for (const StepUse& s : *steps_) {
+    if (s.leaf != p) continue;
+    if (s.uses != 1 || p->pending) return nullptr;  // the gradient is a sum: let the sweep add it up
+    const TensorExtras* e = detail::find_extras(p);
+    if (!e || !e->hooks.empty() || !e->post_hooks.empty()) return nullptr;  // they must see the gradient
+    return s.rule.get();
+  }
+  return nullptr;
+}
+
+void Backward::apply_step(size_t i, std::function<void()> update) {
+  updates_.emplace_back(input(i).impl(), std::move(update));
+}
+
+void Backward::run_steps() {
+  for (auto& [leaf, update] : updates_) {
+    update();
+    ++leaf->owner()->version;  // graphs that saved the old value must not use it
+  }
+  updates_.clear();
+}
+
+// The optimizer-in-backward step for a leaf whose gradient the sweep has summed.
+static void step_leaf(TensorImpl* leaf, const Tensor& g, const StepInBackward& rule) {
+  check_grad_matches("backward", leaf, g);
+  dispatch("step_in_backward", leaf->dtype, [&]<class T>() {
+    T* w = static_cast<T*>(leaf->data);
+    const T* d = g.data_ptr<T>();
+    const T lr = static_cast<T>(rule.lr), keep = static_cast<T>(1 - rule.lr * rule.weight_decay);
+    for (size_t i = 0, n = leaf->numel(); i < n; ++i) w[i] = keep * w[i] - lr * d[i];
+  });
+  ++leaf->owner()->version;
+}
+
 void Backward::add(size_t i, const Tensor& grad, const char* rule) {
   const Tensor& in = input(i);
   if (!in.requires_grad()) return;
@@ -164,6 +202,7 @@ thread_local uint32_t sweep_epoch = 0;
 struct Sweep {
   std::vector<Ref<TensorImpl>> nodes;  // non-leaves to visit, newest first after sorting
   std::vector<Ref<TensorImpl>> leaves;
+  std::vector<Backward::StepUse> steps;  // leaves updated in backward (register_step_in_backward)
   // functional grad(): which tensors to capture, and what was captured
   const std::vector<Tensor>* capture_inputs = nullptr;
   std::vector<Tensor> captured;
@@ -186,7 +225,15 @@ struct Sweep {
       stack.push_back(p);
     } else {
       leaves.push_back(Ref<TensorImpl>::share(p));
+      if (!capture_inputs)
+        if (const TensorExtras* e = detail::find_extras(p); e && e->step) steps.push_back({p, 0, e->step});
     }
+  }
+
+  Backward::StepUse* step_of(TensorImpl* p) {
+    for (auto& s : steps)
+      if (s.leaf == p) return &s;
+    return nullptr;
   }
 
   // Everything that can fail on bad state is checked here, before any gradient is computed.
@@ -204,7 +251,10 @@ struct Sweep {
           fail("backward: an input of ", node->name, " (shape ", q->shape,
                ") was modified in place after it was saved for backward (version ", e.version,
                " saved, now ", q->owner()->version, "); clone it before modifying, or modify it after backward()");
-        if (q->has(TensorImpl::kRequiresGrad)) visit(q, stack);
+        if (!q->has(TensorImpl::kRequiresGrad)) continue;
+        visit(q, stack);
+        if (!steps.empty())
+          if (Backward::StepUse* s = step_of(q)) ++s->uses;
       }
     }
     auto newest_first = [](const Ref<TensorImpl>& a, const Ref<TensorImpl>& b) { return a->node->seq > b->node->seq; };
@@ -228,13 +278,14 @@ struct Sweep {
         if (ci >= 0) captured[ci] = dout;
         if (!capture_inputs && p->has(TensorImpl::kRetainGrad)) accumulate_into_leaf(p, dout, create_graph);
         Tensor out(Ref<TensorImpl>::share(p));
-        Backward g(*p->node, out, dout, create_graph);
+        Backward g(*p->node, out, dout, create_graph, &steps);
         if (DetectAnomalyGuard::is_enabled()) {
           detail::BackwardScope scope(p->node);
           p->node->backward(g);
         } else {
           p->node->backward(g);
         }
+        g.run_steps();
       }
       if (!retain_graph) {  // free what the forward saved, as soon as it is no longer needed
         delete p->node;
@@ -251,7 +302,8 @@ struct Sweep {
       int ci = capture_index(p);
       if (ci >= 0) captured[ci] = dout;
       else if (!capture_inputs) {
-        accumulate_into_leaf(p, dout, create_graph);
+        if (Backward::StepUse* s = steps.empty() ? nullptr : step_of(p)) step_leaf(p, dout, *s->rule);
+        else accumulate_into_leaf(p, dout, create_graph);
         if (TensorExtras* extras = detail::find_extras(p))
           for (auto& [id, hook] : extras->post_hooks) hook(Tensor(Ref<TensorImpl>::share(p)));
       }

@@ -137,6 +137,20 @@ HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulate
   return HookHandle(leaf, id);
 }
 
+HookHandle register_step_in_backward(const Tensor& leaf, std::shared_ptr<const StepInBackward> rule) {
+  if (!leaf.defined() || !leaf.requires_grad() || !leaf.is_leaf())
+    fail("register_step_in_backward: needs a leaf that requires grad",
+         leaf.defined() ? " (shape " + leaf.shape().str() + ")" : std::string());
+  if (!rule) fail("register_step_in_backward: no rule given");
+  TensorExtras& e = extras_of(leaf);
+  if (e.step)
+    fail("register_step_in_backward: the leaf of shape ", leaf.shape(),
+         " is already updated in backward by another rule (two optimizers over one parameter?)");
+  e.step = std::move(rule);
+  e.step_id = ++hook_ids;
+  return HookHandle(leaf, e.step_id);
+}
+
 namespace detail {
 TensorExtras* find_extras(const TensorImpl* t) {
   if (!t->has(TensorImpl::kHasExtras)) return nullptr;
@@ -156,6 +170,10 @@ void HookHandle::remove() {
   if (TensorExtras* e = detail::find_extras(t_.impl())) {
     erase_id(e->hooks, id_);
     erase_id(e->post_hooks, id_);
+    if (e->step_id == id_) {
+      e->step.reset();
+      e->step_id = 0;
+    }
   }
   t_ = Tensor();
 }

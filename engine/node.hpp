@@ -4,6 +4,7 @@
 // topological order), and the op's backward. `record` is how every op in ops/ makes one.
 #include <atomic>
 #include <functional>
+#include <memory>
 #include <utility>
 
 #include "callsite.hpp"
@@ -59,10 +60,17 @@ class DetectAnomalyGuard {
 using GradHook = std::function<Tensor(const Tensor&)>;  // may return a replacement, or undefined to keep
 using PostAccumulateHook = std::function<void(const Tensor&)>;  // sees the leaf after .grad() is updated
 
+// Optimizer in backward (plain SGD): p ← (1 − lr·weight_decay)·p − lr·∂/∂p, applied by the sweep.
+struct StepInBackward {
+  double lr = 0, weight_decay = 0;
+};
+
 // Rarely used per-tensor state, allocated on first use.
 struct TensorExtras {
   std::vector<std::pair<uint64_t, GradHook>> hooks;
   std::vector<std::pair<uint64_t, PostAccumulateHook>> post_hooks;
+  uint64_t step_id = 0;
+  std::shared_ptr<const StepInBackward> step;
 };
 
 namespace detail {
@@ -86,6 +94,14 @@ class HookHandle {
 HookHandle register_hook(const Tensor& t, GradHook hook);
 // Runs after a leaf's .grad() has been accumulated.
 HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateHook hook);
+// Optimizer in backward: while registered, backward() applies `*rule` to this leaf as soon as its
+// gradient is complete, instead of accumulating the gradient into .grad() (which is left as it
+// was). When the leaf's only use in the graph is a matrix product (linear's W, matmul), the op
+// folds the update into the gemm that would have computed the gradient (alpha = −lr,
+// beta = 1 − lr·wd), so the gradient is never stored: one pass over the parameter and its
+// gradient less per step. The rule is read at each backward, so its owner may change lr.
+// grad() never steps. optim::SGD with in_backward = true registers its parameters this way.
+HookHandle register_step_in_backward(const Tensor& leaf, std::shared_ptr<const StepInBackward> rule);
 
 // ---- explain mode ------------------------------------------------------------------------------------
 // While alive, each backward sweep on this thread records what it does: for every node, the op
@@ -162,8 +178,15 @@ struct LambdaNode final : Node {
 // first with sum_to).
 class Backward {
  public:
-  Backward(Node& node, const Tensor& out, const Tensor& dout, bool create_graph)
-      : node_(node), out_(out), dout_(dout), create_graph_(create_graph) {}
+  // Leaves whose gradient the sweep may hand to an op as an SGD step (see fusable_step).
+  struct StepUse {
+    TensorImpl* leaf;
+    uint32_t uses;  // edges into the leaf from the graph being swept
+    std::shared_ptr<const StepInBackward> rule;
+  };
+  Backward(Node& node, const Tensor& out, const Tensor& dout, bool create_graph,
+           const std::vector<StepUse>* steps = nullptr)
+      : node_(node), out_(out), dout_(dout), create_graph_(create_graph), steps_(steps) {}
   const Tensor& dout() const { return dout_; }
   const Tensor& out() const;  // this node's output value (checked against in-place changes)
   const Tensor& input(size_t i) const { return node_.inputs[i].input; }
@@ -175,11 +198,22 @@ class Backward {
   // The same, with the rule in math for explain mode, e.g. add(1, dW, "dW += xᵀ·dout").
   void add(size_t i, const Tensor& grad, const char* rule);
 
+  // Optimizer in backward: non-null when input i is a leaf with register_step_in_backward, this is
+  // its only use in the graph, and nothing needs to see its gradient (no hooks, explain or anomaly
+  // mode, create_graph). The op may then, instead of add(i, grad), call apply_step(i, update) with
+  // an update doing p ← (1 − lr·wd)·p − lr·grad itself. Updates run after this backward returns
+  // (its other gradients may still read p's old value); the sweep then bumps p's version.
+  const StepInBackward* fusable_step(size_t i) const;
+  void apply_step(size_t i, std::function<void()> update);
+  void run_steps();  // called by the sweep
+
  private:
   Node& node_;
   const Tensor& out_;
   const Tensor& dout_;
   bool create_graph_;
+  const std::vector<StepUse>* steps_;
+  std::vector<std::pair<TensorImpl*, std::function<void()>>> updates_;
 };
 
 // Adds `grad` into the pending gradient of `t` during a sweep: in place when the buffer is ours

@@ -9,9 +9,9 @@ using namespace kernel;
 
 namespace {
 
-// C[M,N] = op(A)·op(B) + beta·C, row-major, where A/B are stored [rows, cols] as given.
+// C[M,N] = alpha·op(A)·op(B) + beta·C, row-major, where A/B are stored [rows, cols] as given.
 template <class T>
-void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, bool tb, T beta) {
+void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, bool tb, T beta, T alpha = T(1)) {
   if (M == 0 || N == 0) return;
   if (K == 0) {  // empty sum: C = beta·C
     for (size_t i = 0; i < M * N; ++i) C[i] = beta == T(0) ? T(0) : beta * C[i];
@@ -21,12 +21,38 @@ void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, b
   auto opA = ta ? CblasTrans : CblasNoTrans, opB = tb ? CblasTrans : CblasNoTrans;
   auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
   if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, opA, opB, m, n, k, 1.f, A, lda, B, ldb, beta, C, n);
+    cblas_sgemm(CblasRowMajor, opA, opB, m, n, k, alpha, A, lda, B, ldb, beta, C, n);
   else
-    cblas_dgemm(CblasRowMajor, opA, opB, m, n, k, 1.0, A, lda, B, ldb, beta, C, n);
+    cblas_dgemm(CblasRowMajor, opA, opB, m, n, k, alpha, A, lda, B, ldb, beta, C, n);
 }
 
 std::string op_str(const Shape& s, bool t) { return s.str() + (t ? "ᵀ" : ""); }
+
+// Input i's gradient is op(A)·op(B). Usually that is added like any gradient; but when input i is
+// a parameter updated in backward (register_step_in_backward: plain SGD) and this is its only use,
+// the update is folded into the product: p ← (1 − lr·wd)·p − lr·op(A)·op(B) is one gemm with
+// alpha = −lr, beta = 1 − lr·wd, and the gradient is never stored. It runs once the node's backward
+// has returned, since the node's other gradients may read p's old value.
+void add_product(Backward& g, size_t i, const Tensor& A, const Tensor& B, bool ta, bool tb, const char* rule) {
+  if (!g.wants(i)) return;
+  const StepInBackward* step = g.fusable_step(i);
+  if (!step) {
+    g.add(i, mm(A, B, ta, tb), rule);
+    return;
+  }
+  const Tensor& p = g.input(i);
+  size_t M = ta ? A.shape()[1] : A.shape()[0], K = ta ? A.shape()[0] : A.shape()[1];
+  size_t N = tb ? B.shape()[0] : B.shape()[1];
+  if (p.shape() != Shape{M, N} || p.dtype() != A.dtype() || A.dtype() != B.dtype())
+    fail(g.op(), ": backward's product ", op_str(A.shape(), ta), "·", op_str(B.shape(), tb),
+         " does not fit the parameter of shape ", p.shape());
+  double lr = step->lr, keep = 1 - step->lr * step->weight_decay;
+  g.apply_step(i, [A, B, p, M, N, K, ta, tb, lr, keep] {
+    dispatch("step_in_backward", p.dtype(), [&]<class T>() {
+      gemm<T>(A.data_ptr<T>(), B.data_ptr<T>(), p.data_ptr<T>(), M, N, K, ta, tb, T(keep), T(-lr));
+    });
+  });
+}
 
 }  // namespace
 
@@ -49,14 +75,10 @@ Tensor mm(const Tensor& a, const Tensor& b, bool ta, bool tb, CallSite site) {
   });
   return record("matmul", out, {a, b}, [ta, tb](Backward& g) {
     const Tensor &A = g.input(0), &B = g.input(1), &dC = g.dout();
-    if (g.wants(0)) {
-      if (ta) g.add(0, mm(B, dC, tb, true), tb ? "dA += Bᵀ·doutᵀ" : "dA += B·doutᵀ");
-      else g.add(0, mm(dC, B, false, !tb), tb ? "dA += dout·B" : "dA += dout·Bᵀ");
-    }
-    if (g.wants(1)) {
-      if (tb) g.add(1, mm(dC, A, true, ta), ta ? "dB += doutᵀ·Aᵀ" : "dB += doutᵀ·A");
-      else g.add(1, mm(A, dC, !ta, false), ta ? "dB += A·dout" : "dB += Aᵀ·dout");
-    }
+    if (ta) add_product(g, 0, B, dC, tb, true, tb ? "dA += Bᵀ·doutᵀ" : "dA += B·doutᵀ");
+    else add_product(g, 0, dC, B, false, !tb, tb ? "dA += dout·B" : "dA += dout·Bᵀ");
+    if (tb) add_product(g, 1, dC, A, true, ta, ta ? "dB += doutᵀ·Aᵀ" : "dB += doutᵀ·A");
+    else add_product(g, 1, A, dC, !ta, false, ta ? "dB += A·dout" : "dB += Aᵀ·dout");
   }, "A B");
 }
 
@@ -127,8 +149,8 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, CallSite site) 
     const Tensor &x = g.input(0), &W = g.input(1), &dout = g.dout();
     // db += Σ_batch dout     [N] += Σ_B [B,N]
     if (g.n_inputs() == 3 && g.wants(2)) g.add(2, sum(dout, 0), "db += Σ_batch dout");
-    // dW += xᵀ·dout          [K,N] += [K,B]·[B,N]
-    if (g.wants(1)) g.add(1, mm(x, dout, /*transpose_a=*/true, false), "dW += xᵀ·dout");
+    // dW += xᵀ·dout          [K,N] += [K,B]·[B,N]   (or the SGD step folded in: add_product)
+    add_product(g, 1, x, dout, /*transpose_a=*/true, false, "dW += xᵀ·dout");
     // dx += dout·Wᵀ          [B,K] += [B,N]·[N,K]
     if (g.wants(0)) g.add(0, mm(dout, W, false, /*transpose_b=*/true), "dx += dout·Wᵀ");
   };

@@ -53,11 +53,30 @@ SGD::SGD(std::vector<Tensor> params, double lr, SGDOptions opt)
     : Optimizer(std::move(params), lr), options(opt), buf_(params_.size()) {
   if (opt.nesterov && (opt.momentum <= 0 || opt.dampening != 0))
     fail("SGD: nesterov needs momentum > 0 and dampening = 0");
+  if (opt.in_backward) {
+    if (opt.momentum != 0)
+      fail("SGD: in_backward needs momentum = 0 (got ", opt.momentum, "): the update must not need state");
+    rule_ = std::make_shared<StepInBackward>(StepInBackward{lr, opt.weight_decay});
+    for (const Tensor& p : params_) {
+      if (!p.requires_grad()) fail("SGD: in_backward needs parameters that require grad (shape ", p.shape(), ")");
+      handles_.push_back(register_step_in_backward(p, rule_));
+    }
+  }
+}
+
+SGD::~SGD() {
+  for (HookHandle& h : handles_) h.remove();
+}
+
+void SGD::set_lr(double lr) {
+  Optimizer::set_lr(lr);
+  if (rule_) rule_->lr = lr;
 }
 
 void SGD::step() {
   NoGradGuard no_grad;
   ++steps_;
+  if (rule_) return;  // backward() has applied the update
   const double lr = lr_, mu = options.momentum, damp = options.dampening, wd = options.weight_decay;
   for (size_t k = 0; k < params_.size(); ++k) {
     Tensor& p = params_[k];

@@ -17,7 +17,7 @@ class Optimizer {
   virtual void step() = 0;
   void zero_grad();  // drops every parameter's .grad()
   double lr() const { return lr_; }
-  void set_lr(double lr) { lr_ = lr; }
+  virtual void set_lr(double lr) { lr_ = lr; }
   const std::vector<Tensor>& params() const { return params_; }
   int64_t steps() const { return steps_; }
 
@@ -32,18 +32,29 @@ class Optimizer {
 //   momentum > 0:  buf = g at the first step, then buf = μ·buf + (1-dampening)·g
 //                  g = nesterov ? g + μ·buf : buf
 //   p = p - lr·g
+// in_backward (momentum 0 only): the update is applied by backward() itself, to each parameter
+// as soon as its gradient is complete (register_step_in_backward), and .grad() is not filled;
+// step() then only counts. A weight used once by linear or matmul gets the update folded into
+// the gemm of its gradient, which is never stored. Destroying the optimizer ends it.
 struct SGDOptions {
   double momentum = 0, dampening = 0, weight_decay = 0;
   bool nesterov = false;
+  bool in_backward = false;
 };
 class SGD : public Optimizer {
  public:
   SGD(std::vector<Tensor> params, double lr, SGDOptions opt = {});
+  ~SGD() override;
+  SGD(const SGD&) = delete;  // each parameter takes one in-backward rule
+  SGD& operator=(const SGD&) = delete;
   void step() override;
+  void set_lr(double lr) override;
   SGDOptions options;
 
  private:
   std::vector<Tensor> buf_;
+  std::shared_ptr<StepInBackward> rule_;  // in_backward: read by every backward()
+  std::vector<HookHandle> handles_;
 };
 
 // Adam (PyTorch), t = 1, 2, ...:

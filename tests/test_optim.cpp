@@ -239,3 +239,96 @@ TEST_CASE("optim: StepLR and CosineAnnealingLR follow their formulas") {
   }
   CHECK(sgd2.lr() == doctest::Approx(0.1));  // reaches eta_min at T_max
 }
+
+// ---- SGD in backward ---------------------------------------------------------------------------------
+namespace {
+
+struct Net {  // one of each use the engine treats differently
+  Tensor W1, b1, W2, V, S;
+  std::vector<Tensor> params() const { return {W1, b1, W2, V, S}; }
+  Net clone() const {
+    auto c = [](const Tensor& t) { return from_vector(t.to_vector(), t.shape(), dtype(kFloat64).requires_grad()); };
+    return {c(W1), c(b1), c(W2), c(V), c(S)};
+  }
+  Tensor loss(const Tensor& x) const {
+    Tensor h = tanh(linear(x, W1, b1));  // W1: folded into linear's dW gemm; b1: stepped by the sweep
+    Tensor z2 = mm(h, W2, false, true);  // W2 [2,3] read transposed; h needs W2's old value for dh
+    Tensor y = mm(V, z2, true, true);    // V [2,3] read transposed as the left operand
+    Tensor u = mm(y, S), v = mm(y, S);   // S used twice: its gradient is a sum, stepped by the sweep
+    return sum(tanh(u)) + sum(v * v) * 0.1;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("optim: SGD in_backward matches backward() then step(), weight decay included") {
+  Net a{leaf64({4, 3}, 1), leaf64({3}, 2), leaf64({2, 3}, 3), leaf64({2, 3}, 4), leaf64({5, 2}, 5)};
+  Net b = a.clone();
+  Tensor x = leaf64({5, 4}, 6);
+  x.requires_grad_(false);
+  const double lr = 0.05, wd = 0.1;
+  optim::SGD after(a.params(), lr, optim::SGDOptions{0, 0, wd, false});
+  optim::SGD during(b.params(), lr, optim::SGDOptions{.weight_decay = wd, .in_backward = true});
+  for (int step = 0; step < 3; ++step) {
+    after.zero_grad();
+    a.loss(x).backward();
+    after.step();
+    during.zero_grad();
+    uint32_t v0 = b.W1.version();
+    b.loss(x).backward();
+    CHECK(b.W1.version() > v0);  // updated in place by backward(): graphs that saved W1 see it
+    during.step();                // only counts
+    std::vector<Tensor> pa = a.params(), pb = b.params();
+    for (size_t k = 0; k < pa.size(); ++k) {
+      INFO("step " << step + 1 << ", parameter " << k);
+      CHECK_FALSE(pb[k].grad().defined());  // the gradient went into the parameter, not .grad()
+      check_values(pb[k], pa[k].to_vector(), 1e-12);
+    }
+  }
+  CHECK(during.steps() == 3);
+  // Changing lr reaches the next backward (schedules work), and x needing a gradient changes nothing.
+  during.set_lr(0.0);
+  x.requires_grad_(true);
+  std::vector<double> before = b.W1.to_vector();
+  b.loss(x).backward();
+  check_values(b.W1, before, 1e-15);
+  
+  CHECK(x.grad().defined());
+}
+
+TEST_CASE("optim: SGD in_backward with hooks, grad(), and after the optimizer is gone") {
+  Tensor W = leaf64({3, 2}, 7), x = leaf64({4, 3}, 8);
+  x.requires_grad_(false);
+  auto loss = [&] { return sum(linear(x, W, Tensor()) * linear(x, W, Tensor()).detach()); };
+  // d/dW Σ (xW)∘c = xᵀ·c with c = xW held constant
+  auto expected_grad = [&] { return mm(x, linear(x, W, Tensor()), true, false).detach().to_vector(); };
+  std::vector<double> seen;
+  HookHandle h = register_hook(W, [&](const Tensor& g) { seen = g.to_vector(); return Tensor(); });
+  std::vector<double> w0 = W.to_vector(), g0 = expected_grad();
+  {
+    optim::SGD sgd({W}, 0.5, optim::SGDOptions{.in_backward = true});
+    // A hook must see the gradient, so it is formed (not folded) and then applied.
+    loss().backward();
+    REQUIRE(seen.size() == g0.size());
+    for (size_t i = 0; i < g0.size(); ++i) {
+      CHECK(seen[i] == doctest::Approx(g0[i]).epsilon(1e-12));
+      CHECK(W.to_vector()[i] == doctest::Approx(w0[i] - 0.5 * g0[i]).epsilon(1e-12));
+    }
+    // grad() returns gradients and leaves parameters alone.
+    std::vector<double> w1 = W.to_vector();
+    std::vector<Tensor> gs = grad({loss()}, {W});
+    check_values(gs[0], expected_grad(), 1e-12);
+    check_values(W, w1, 1e-15);
+    // One rule per parameter; no state-needing update.
+    CHECK_THROWS_WITH_AS(optim::SGD({W}, 0.1, optim::SGDOptions{.in_backward = true}),
+                         doctest::Contains("already updated in backward"), Error);
+    CHECK_THROWS_WITH_AS(optim::SGD({leaf64({2}, 9)}, 0.1, optim::SGDOptions{.momentum = 0.9, .in_backward = true}),
+                         doctest::Contains("momentum = 0"), Error);
+  }
+  // With the optimizer gone, backward() accumulates into .grad() again.
+  h.remove();
+  std::vector<double> w2 = W.to_vector(), g2 = expected_grad();
+  loss().backward();
+  check_values(W, w2, 1e-15);
+  check_values(W.grad(), g2, 1e-12);
+}
