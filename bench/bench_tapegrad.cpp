@@ -4,10 +4,15 @@
 // exit non-zero. Uses only the public API, like a user's program.
 //
 // Usage: bench_tapegrad [--threads N] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S]
-//                       [--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd]
+//                       [--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward]
+// W2/W3 update the parameters with optim::SGD in backward (in_backward = true: the step of each
+// weight is folded into the gemm of its gradient); --sgd-after-backward runs the usual
+// backward() then a separate SGD pass instead.
 // Threads: tapegrad::set_num_threads(N) (which sets OpenBLAS's count); run with
 // OPENBLAS_NUM_THREADS=N in the environment too (scripts/bench does).
 #include <tapegrad/tapegrad.hpp>
+
+#include <optional>
 
 #include "common.hpp"
 
@@ -117,6 +122,9 @@ void run_mlp(const char* id, const char* name, const std::vector<size_t>& dims, 
   }
   Tensor X = uniform({batch, dims[0]}, sbase + 8, 0.0, 1.0);
   Tensor y = labels({batch}, sbase + 9, int64_t(dims.back()));
+  // p ← p − 0.01·∂loss/∂p, applied by backward() itself unless --sgd-after-backward.
+  std::optional<tg::optim::SGD> in_backward;
+  if (!g_opt.sgd_after) in_backward.emplace(params, 0.01, tg::optim::SGDOptions{.in_backward = true});
 
   std::vector<double> tz, tf, tb, to, tr, tt;
   double loss_first = 0, loss_last = 0;
@@ -136,7 +144,7 @@ void run_mlp(const char* id, const char* name, const std::vector<size_t>& dims, 
       t2 = clk::now();
       loss.backward();
       t3 = clk::now();
-      sgd_step(params, 0.01f);
+      if (g_opt.sgd_after) sgd_step(params, 0.01f);
       t4 = clk::now();
       double lv = loss.item();  // not timed
       if (s == 0) loss_first = lv;
@@ -159,9 +167,10 @@ void run_mlp(const char* id, const char* name, const std::vector<size_t>& dims, 
   std::printf(
       "%s %s threads=%d steps=%zu median_ms=%.3f min_ms=%.3f zero_median_ms=%.3f fwd_median_ms=%.3f "
       "bwd_median_ms=%.3f opt_median_ms=%.3f release_median_ms=%.3f minflt_per_step=%.1f loss_first=%.6f "
-      "loss_last=%.6f check=%s\n",
+      "loss_last=%.6f sgd=%s check=%s\n",
       id, name, g_opt.threads, tt.size(), T.median, T.min, stats(tz).median, stats(tf).median, stats(tb).median,
-      stats(to).median, stats(tr).median, flt, loss_first, loss_last, ok ? "ok" : "FAIL");
+      stats(to).median, stats(tr).median, flt, loss_first, loss_last,
+      g_opt.sgd_after ? "after_backward" : "in_backward", ok ? "ok" : "FAIL");
   std::fflush(stdout);
 }
 
@@ -206,7 +215,7 @@ void run_w5() {
       t2 = clk::now();
       loss.backward();
       t3 = clk::now();
-      sgd_step(params, 0.01f);
+      if (g_opt.sgd_after) sgd_step(params, 0.01f);
       t4 = clk::now();
       double lv = loss.item();
       if (s == 0) loss_first = lv;

@@ -207,6 +207,7 @@ struct Options {
   int w5_steps = 200, w5_warm = 10;
   int w4_reps = 3;
   bool w4_nobwd = false;
+  bool sgd_after = false;  // tapegrad W2/W3: SGD as a pass after backward() instead of in backward
   bool info = false;
   int w4_child = -1;  // internal: 1 = child with backward, 0 = without
   bool selected(const std::string& w) const {
@@ -222,7 +223,7 @@ struct Options {
 inline void usage(const char* prog) {
   std::fprintf(stderr,
                "%s [--threads N] [--blas-threads K] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S] "
-               "[--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--info]\n",
+               "[--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward] [--info]\n",
                prog);
 }
 
@@ -246,6 +247,7 @@ inline Options parse_args(int argc, char** argv) {
     else if (a == "--w5-steps") o.w5_steps = std::stoi(next());
     else if (a == "--w4-reps") o.w4_reps = std::stoi(next());
     else if (a == "--w4-nobwd") o.w4_nobwd = true;
+    else if (a == "--sgd-after-backward") o.sgd_after = true;
     else if (a == "--w4-child") o.w4_child = std::stoi(next());
     else if (a == "--info") o.info = true;
     else { usage(argv[0]); std::exit(2); }
