@@ -18,6 +18,7 @@ namespace tapegrad::detail {
 #ifdef TAPEGRAD_NO_POOL
 void* pool_alloc(size_t bytes) { return ::operator new(bytes); }
 void pool_free(void* p, size_t) { ::operator delete(p); }
+size_t pool_cached_bytes() { return 0; }
 #else
 namespace {
 // Size class c holds blocks of 16·c - 8 bytes: with malloc's 8-byte chunk header that is exactly
@@ -82,6 +83,8 @@ Pool::~Pool() {
 }  // namespace
 
 size_t size_class(size_t bytes) { return (bytes + kHeader + kGranule - 1) / kGranule; }
+
+size_t pool_cached_bytes() { return pool_alive ? pool.cached : 0; }
 
 
 void* pool_alloc(size_t bytes) {

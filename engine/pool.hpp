@@ -9,4 +9,5 @@
 namespace tapegrad::detail {
 void* pool_alloc(size_t bytes);
 void pool_free(void* p, size_t bytes);  // `bytes` must be what pool_alloc was given
+size_t pool_cached_bytes();             // small blocks cached by this thread (0 without the pool)
 }  // namespace tapegrad::detail

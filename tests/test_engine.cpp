@@ -1,5 +1,8 @@
 // The engine: handles, the tape, the sweep, accumulation, grad mode, release, errors.
 #include "helpers.hpp"
+#include <thread>
+
+#include "../engine/pool.hpp"
 
 using namespace tapegrad;
 
@@ -174,4 +177,38 @@ TEST_CASE("large buffers: values survive reuse, sizes around the huge-page thres
       CHECK(reinterpret_cast<uintptr_t>(p) % 64 == 0);
     }
   }
+}
+
+// The small-block pool (engine/pool.cpp): blocks never overlap, may be freed by another thread
+// (which then ends), and a thread caches at most its 64 MiB budget, giving the rest back.
+TEST_CASE("pool: 2 M small blocks are distinct, freed across threads, and the cache stays in budget") {
+  const std::vector<size_t> sizes = {8, 24, 120, 200, 1000};  // several classes, the largest pooled one
+  const size_t n = 400000;                                    // per size: ~2 M blocks, ~300 MiB in all
+  std::vector<std::pair<uint64_t*, size_t>> blocks;
+  blocks.reserve(n * sizes.size());
+  size_t misaligned = 0;
+  for (size_t i = 0; i < n; ++i)
+    for (size_t bytes : sizes) {
+      auto* p = static_cast<uint64_t*>(detail::pool_alloc(bytes));
+      misaligned += reinterpret_cast<uintptr_t>(p) % 16 != 0;
+      for (size_t w = 0; w < bytes / 8; ++w) p[w] = blocks.size() * 131 + w;  // fills the whole block
+      blocks.emplace_back(p, bytes);
+    }
+  size_t bad = 0;
+  for (size_t k = 0; k < blocks.size(); ++k)
+    for (size_t w = 0; w < blocks[k].second / 8; ++w) bad += blocks[k].first[w] != k * 131 + w;
+  CHECK(misaligned == 0);
+  CHECK(bad == 0);  // no block overlaps another, nor the slab's own bookkeeping
+  // A quarter is freed by another thread, which then ends.
+  size_t quarter = blocks.size() / 4;
+  std::thread([&] {
+    for (size_t k = 0; k < quarter; ++k) detail::pool_free(blocks[k].first, blocks[k].second);
+  }).join();
+  for (size_t k = quarter; k < blocks.size(); ++k) detail::pool_free(blocks[k].first, blocks[k].second);
+  // 225 MiB were freed on this thread: all but the budget went back to malloc.
+  CHECK(detail::pool_cached_bytes() <= (size_t(64) << 20));
+  // Reuse after all that: fresh blocks still hold their values.
+  std::vector<Tensor> ts;
+  for (int i = 0; i < 1000; ++i) ts.push_back(full({3}, double(i)));
+  for (int i = 0; i < 1000; ++i) CHECK(ts[size_t(i)].to_vector()[2] == double(i));
 }
