@@ -74,3 +74,24 @@ TEST_CASE("README: models and training") {
   nn::load(*model, path);  // all-or-nothing: checks names, shapes
   std::remove(path.c_str());
 }
+
+TEST_CASE("README: SGD in backward") {
+  manual_seed(2);
+  auto model = std::make_shared<nn::Sequential>();
+  model->push_back(std::make_shared<nn::Linear>(64, 32));
+  model->push_back(std::make_shared<nn::ReLU>());
+  model->push_back(std::make_shared<nn::Linear>(32, 10));
+  optim::SGD opt(model->parameters(), 0.01, {.weight_decay = 1e-4, .in_backward = true});
+  Tensor x = randn({16, 64});
+  Tensor labels = randint(0, 10, {16});
+  double first = 0, last = 0;
+  for (int step = 0; step < 20; ++step) {
+    Tensor loss = cross_entropy(model->forward(x), labels);
+    loss.backward();  // updates the parameters
+    opt.step();       // only counts steps
+    (step == 0 ? first : last) = loss.item();
+  }
+  CHECK(last < first);
+  CHECK(opt.steps() == 20);
+  for (const Tensor& p : model->parameters()) CHECK_FALSE(p.grad().defined());
+}
