@@ -2,8 +2,9 @@
 // A per-thread cache of memory blocks for tensors and nodes. A training step or a long chain
 // allocates and frees the same few block sizes tens of thousands of times; reusing them last-in
 // first-out is several times cheaper than malloc/free and keeps them warm in cache. Small blocks
-// (≤ 1 KiB, up to 64 MiB in all) are kept by size class, large buffers (up to 64 of them and
-// 256 MiB in all) by exact size. Sanitizer builds bypass it so use-after-free stays detectable.
+// (≤ 1 KiB) come from 64 KiB slabs owned by one thread each (lock-free for their owner; empty
+// slabs are reused or returned to the kernel), large buffers (up to 64 of them and 256 MiB in
+// all) are kept by exact size. AddressSanitizer builds bypass it so use-after-free stays detectable.
 #include <cstddef>
 
 namespace tapegrad::detail {
