@@ -172,7 +172,7 @@ void put_empty_slab(Slab* s) {
   }
 }
 
-void Pool::link(Slab* s) {  // at the front: the most recently freed block is handed out next
+void Pool::link(Slab* s) {  // at the front: its free blocks are handed out next
   s->prev = nullptr;
   s->next = lists[s->cls];
   if (s->next) s->next->prev = s;
