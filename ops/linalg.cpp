@@ -2,12 +2,20 @@
 // transposed in place when told to, so the backward of a product is two more products.
 #include <cblas.h>
 
+extern "C" {
+void openblas_set_num_threads(int);
+int openblas_get_num_threads(void);
+}
+
 #include "kernel.hpp"
 
 namespace tapegrad {
 using namespace kernel;
 
 namespace {
+
+// Products below this many multiply-adds run on one BLAS thread (see gemm).
+constexpr double kSmallProduct = 4e6;
 
 // C[M,N] = alpha·op(A)·op(B) + beta·C, row-major, where A/B are stored [rows, cols] as given.
 template <class T>
@@ -20,10 +28,17 @@ void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, b
   auto lda = static_cast<int>(ta ? M : K), ldb = static_cast<int>(tb ? K : N);
   auto opA = ta ? CblasTrans : CblasNoTrans, opB = tb ? CblasTrans : CblasNoTrans;
   auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
+  // A small product split across threads costs more in hand-offs than it gains, and keeps
+  // OpenBLAS's worker spinning beside us between products (W5's [32,128]·[128,128] steps ran
+  // 4–7 % slower at 2 threads than at 1). OpenBLAS only keeps products under 2.6·10⁵ on one thread.
+  const int threads = openblas_get_num_threads();
+  const bool one = threads > 1 && double(M) * double(N) * double(K) < kSmallProduct;
+  if (one) openblas_set_num_threads(1);
   if constexpr (std::is_same_v<T, float>)
     cblas_sgemm(CblasRowMajor, opA, opB, m, n, k, alpha, A, lda, B, ldb, beta, C, n);
   else
     cblas_dgemm(CblasRowMajor, opA, opB, m, n, k, alpha, A, lda, B, ldb, beta, C, n);
+  if (one) openblas_set_num_threads(threads);
 }
 
 std::string op_str(const Shape& s, bool t) { return s.str() + (t ? "ᵀ" : ""); }

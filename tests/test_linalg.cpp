@@ -231,3 +231,20 @@ TEST_CASE("linalg: errors name the op and the shapes") {
   CHECK_THROWS_WITH_AS(linear(x, W, zeros({2}, kFloat64)), doctest::Contains("linear: dtypes differ"), Error);
   CHECK_THROWS_WITH_AS(linear(scalar_tensor(1.0), W), doctest::Contains("linear: shapes x []"), Error);
 }
+
+TEST_CASE("linalg: small products run on one BLAS thread and leave the thread count as it was") {
+  const int before = get_num_threads();
+  set_num_threads(2);
+  Tensor a = leaf64({3, 4}, 1), b = leaf64({4, 2}, 2);
+  Tensor c = mm(a, b);  // 24 multiply-adds: under the one-thread threshold
+  sum(c).backward();
+  CHECK(get_num_threads() == 2);
+  std::vector<double> av = a.to_vector(), bv = b.to_vector(), cv = c.to_vector();
+  for (size_t i = 0; i < 3; ++i)
+    for (size_t j = 0; j < 2; ++j) {
+      double want = 0;
+      for (size_t k = 0; k < 4; ++k) want += av[i * 4 + k] * bv[k * 2 + j];
+      CHECK(cv[i * 2 + j] == doctest::Approx(want).epsilon(1e-14));
+    }
+  set_num_threads(before);
+}
