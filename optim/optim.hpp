@@ -35,7 +35,8 @@ class Optimizer {
 // in_backward (momentum 0 only): the update is applied by backward() itself, to each parameter
 // as soon as its gradient is complete (register_step_in_backward), and .grad() is not filled;
 // step() then only counts. A weight used once by linear or matmul gets the update folded into
-// the gemm of its gradient, which is never stored. Destroying the optimizer ends it.
+// the gemm of its gradient, which is never stored. Destroying the optimizer ends it. A backward()
+// that throws midway has already updated the parameters whose gradient was complete.
 struct SGDOptions {
   double momentum = 0, dampening = 0, weight_decay = 0;
   bool nesterov = false;
