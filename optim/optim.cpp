@@ -57,9 +57,14 @@ SGD::SGD(std::vector<Tensor> params, double lr, SGDOptions opt)
     if (opt.momentum != 0)
       fail("SGD: in_backward needs momentum = 0 (got ", opt.momentum, "): the update must not need state");
     rule_ = std::make_shared<StepInBackward>(StepInBackward{lr, opt.weight_decay});
-    for (const Tensor& p : params_) {
-      if (!p.requires_grad()) fail("SGD: in_backward needs parameters that require grad (shape ", p.shape(), ")");
-      handles_.push_back(register_step_in_backward(p, rule_));
+    try {
+      for (const Tensor& p : params_) {
+        if (!p.requires_grad()) fail("SGD: in_backward needs parameters that require grad (shape ", p.shape(), ")");
+        handles_.push_back(register_step_in_backward(p, rule_));
+      }
+    } catch (...) {  // no half-registered optimizer: the destructor will not run
+      for (HookHandle& h : handles_) h.remove();
+      throw;
     }
   }
 }

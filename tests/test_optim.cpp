@@ -322,6 +322,13 @@ TEST_CASE("optim: SGD in_backward with hooks, grad(), and after the optimizer is
     // One rule per parameter; no state-needing update.
     CHECK_THROWS_WITH_AS(optim::SGD({W}, 0.1, optim::SGDOptions{.in_backward = true}),
                          doctest::Contains("already updated in backward"), Error);
+    // A failed constructor leaves no parameter registered: `fresh` is not stepped by backward().
+    Tensor fresh = leaf64({2}, 10);
+    CHECK_THROWS_AS(optim::SGD({fresh, W}, 0.1, optim::SGDOptions{.in_backward = true}), Error);
+    std::vector<double> f0 = fresh.to_vector();
+    sum(fresh * fresh).backward();
+    check_values(fresh, f0, 1e-15);
+    check_values(fresh.grad(), {2 * f0[0], 2 * f0[1]}, 1e-15);
     CHECK_THROWS_WITH_AS(optim::SGD({leaf64({2}, 9)}, 0.1, optim::SGDOptions{.momentum = 0.9, .in_backward = true}),
                          doctest::Contains("momentum = 0"), Error);
   }
