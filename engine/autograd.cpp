@@ -133,10 +133,16 @@ void Backward::apply_step(size_t i, std::function<void()> update) {
   updates_.emplace_back(input(i).impl(), std::move(update));
 }
 
+namespace {
+thread_local uint64_t folded_step_count = 0;
+}
+uint64_t detail::folded_steps() { return folded_step_count; }
+
 void Backward::run_steps() {
   for (auto& [leaf, update] : updates_) {
     update();
     ++leaf->owner()->version;  // graphs that saved the old value must not use it
+    ++folded_step_count;
   }
   updates_.clear();
 }

@@ -239,6 +239,8 @@ void explain_add(const Node& node, size_t i, const char* rule, const Tensor& gra
 void explain_visit(const TensorImpl* t, const Tensor& dout);
 void explain_fan_out(const TensorImpl* t, const char* op, const Tensor& grad);
 uint64_t next_seq();
+// Steps an op folded into its own kernel on this thread (Backward::apply_step), for tests.
+uint64_t folded_steps();
 bool any_requires_grad(const Tensor* first, size_t n);
 void attach(const Tensor& out, Node* node, const char* name, const Tensor* first, size_t n);
 }  // namespace detail

@@ -275,7 +275,9 @@ TEST_CASE("optim: SGD in_backward matches backward() then step(), weight decay i
     after.step();
     during.zero_grad();
     uint32_t v0 = b.W1.version();
+    uint64_t folded0 = detail::folded_steps();
     b.loss(x).backward();
+    CHECK(detail::folded_steps() - folded0 == 3);  // W1, W2, V: in their gemms; b1, S: by the sweep
     CHECK(b.W1.version() > v0);  // updated in place by backward(): graphs that saved W1 see it
     during.step();                // only counts
     std::vector<Tensor> pa = a.params(), pb = b.params();
@@ -308,7 +310,9 @@ TEST_CASE("optim: SGD in_backward with hooks, grad(), and after the optimizer is
   {
     optim::SGD sgd({W}, 0.5, optim::SGDOptions{.in_backward = true});
     // A hook must see the gradient, so it is formed (not folded) and then applied.
+    uint64_t folded0 = detail::folded_steps();
     loss().backward();
+    CHECK(detail::folded_steps() == folded0);
     REQUIRE(seen.size() == g0.size());
     for (size_t i = 0; i < g0.size(); ++i) {
       CHECK(seen[i] == doctest::Approx(g0[i]).epsilon(1e-12));
