@@ -28,7 +28,6 @@ size_t pool_cached_bytes() { return 0; }
 namespace {
 constexpr size_t kGranule = 16;
 constexpr size_t kClasses = 1024 / kGranule;          // blocks up to 1 KiB are pooled
-constexpr size_t kMaxSmallBytes = size_t(64) << 20;   // empty slabs the process keeps with their pages
 constexpr size_t kMaxLargeBytes = size_t(256) << 20;
 
 // Buffers of 2 MiB and more start on a 2 MiB boundary and are marked MADV_HUGEPAGE: with
@@ -63,7 +62,8 @@ void raw_free(void* p, size_t bytes) {
 constexpr size_t kSlabBytes = size_t(64) << 10;
 constexpr size_t kSegmentBytes = size_t(4) << 20;  // slabs are cut from 4 MiB mappings
 constexpr size_t kPage = 4096;
-constexpr size_t kKeepEmptyBytes = size_t(16) << 20;  // per thread: empty slabs kept for reuse
+constexpr size_t kKeepEmptyBytes = size_t(16) << 20;         // per thread: empty slabs kept for reuse
+constexpr size_t kKeepEmptyProcessBytes = size_t(64) << 20;  // beyond: their pages go back
 
 struct FreeBlock {
   FreeBlock* next;
@@ -161,7 +161,7 @@ void put_empty_slab(Slab* s) {
   Global& g = global();
   s->owner.store(nullptr, std::memory_order_relaxed);
   s->free = nullptr;
-  if (g.n_empty * kSlabBytes < kMaxSmallBytes) {
+  if (g.n_empty * kSlabBytes < kKeepEmptyProcessBytes) {
     s->next = g.empty;
     g.empty = s;
     ++g.n_empty;
