@@ -6,6 +6,7 @@
 // helpers (splitmix64 data, stats, clock) now come from bench/common.hpp.
 //
 // Usage: bench_gemm [--threads N] [--min-time-ms T] [--only W2,W3,SQ] [--huge-pages]
+//   SQ: the 2048³ sgemm rate; W2, W3: the per-GEMM bound (GEMM, GEMMSUM lines) and GEMMSEQ.
 //   --threads N   openblas_set_num_threads(N) (set OPENBLAS_NUM_THREADS=N in the environment too).
 //
 // For every layer l of an MLP (in=d_l, out=d_{l+1}, batch B) the training step performs
@@ -17,6 +18,10 @@
 //   natural_ms : W stored [in,out] -> fwd NN, dW TN, dX NT
 //   torch_ms   : W stored [out,in] -> fwd NT, dW (M=out,N=in) TN, dX NN
 //   best_ms    : min over the four variants for each GEMM  (= the GEMM lower bound of a step)
+// Then GEMMSEQ: the same counted GEMMs run back to back in a step's order (fwd layer 1..L, then per
+// layer L..1 its dX and dW), natural layout, one buffer per tensor -- what OpenBLAS alone achieves on
+// a step's sequence, where operands are not hot from the previous call. Not part of WORKLOADS.md's
+// bound; it separates an engine's own overhead (its step / this) from BLAS's (this / the bound).
 #include <cblas.h>
 #include <sys/mman.h>
 
@@ -79,6 +84,45 @@ Stats time_gemm(int M, int N, int K, bool ta, bool tb) {
   return stats(t);
 }
 
+// The counted GEMMs of one training step, back to back (see GEMMSEQ above); returns stats in ms.
+Stats time_sequence(const std::vector<int>& dims, int B) {
+  const size_t L = dims.size() - 1;
+  std::vector<Buf> W(L), Y(L), dY(L);
+  Buf X;
+  X.ensure(size_t(B) * dims[0], 10);
+  for (size_t l = 0; l < L; ++l) {
+    W[l].ensure(size_t(dims[l]) * dims[l + 1], 11 + l);
+    Y[l].ensure(size_t(B) * dims[l + 1], 21 + l);
+    dY[l].ensure(size_t(B) * dims[l + 1], 31 + l);
+  }
+  auto step = [&] {
+    for (size_t l = 0; l < L; ++l)  // fwd: Y = X·W   NN
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, dims[l + 1], dims[l], 1.0f, l ? Y[l - 1].p : X.p,
+                  dims[l], W[l].p, dims[l + 1], 0.0f, Y[l].p, dims[l + 1]);
+    for (size_t l = L; l-- > 0;) {
+      if (l > 0)  // dX = dY·Wᵀ   NT (written into the previous layer's dY)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, dims[l], dims[l + 1], 1.0f, dY[l].p, dims[l + 1],
+                    W[l].p, dims[l + 1], 0.0f, dY[l - 1].p, dims[l]);
+      // dW = Xᵀ·dY   TN, accumulated into W with a tiny step (as an SGD folded into the product)
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, dims[l], dims[l + 1], B, -1e-6f, l ? Y[l - 1].p : X.p,
+                  dims[l], dY[l].p, dims[l + 1], 1.0f, W[l].p, dims[l + 1]);
+    }
+  };
+  for (int w = 0; w < 3; ++w) step();
+  std::vector<double> t;
+  double acc = 0;
+  while ((t.size() < 20 || acc < g_min_time_ms) && t.size() < 2000) {
+    auto t0 = clk::now();
+    step();
+    t.push_back(ms_between(t0, clk::now()));
+    acc += t.back();
+  }
+  for (auto* v : {&W, &Y, &dY})
+    for (Buf& b : *v) std::free(b.p);
+  std::free(X.p);
+  return stats(t);
+}
+
 const char* vname(bool ta, bool tb) { return ta ? (tb ? "TT" : "TN") : (tb ? "NT" : "NN"); }
 
 void run_mlp(const char* id, std::vector<int> dims, int B, int threads) {
@@ -134,6 +178,10 @@ void run_mlp(const char* id, std::vector<int> dims, int B, int threads) {
   std::printf("GEMMSUM %s threads=%d n_gemm=%d gflop_per_step=%.4f natural_ms=%.3f torch_layout_ms=%.3f "
               "lower_bound_ms=%.3f lower_bound_min_ms=%.3f eff_gflops=%.1f first_layer_dX_ms_not_counted=%.3f\n",
               id, threads, count, gflop, sum_nat, sum_torch, sum_best, sum_best_min, gflop / (sum_best * 1e-3), first_dx);
+  std::fflush(stdout);
+  Stats q = time_sequence(dims, B);
+  std::printf("GEMMSEQ %s threads=%d n_gemm=%d median_ms=%.3f min_ms=%.3f seq_over_bound=%.3f\n", id, threads, count,
+              q.median, q.min, q.median / sum_best);
   std::fflush(stdout);
 }
 
