@@ -19,13 +19,19 @@ static Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
     T* o = out.data_ptr<T>();
     size_t n = out.numel();
     if (a.shape() == b.shape()) {
-      for (size_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
+      write_out(o, n, [&](size_t begin, size_t end, T* dst) {
+        for (size_t i = begin; i < end; ++i) dst[i - begin] = f(x[i], y[i]);
+      });
     } else if (b.numel() == 1 && shape == a.shape()) {
       const T s = y[0];
-      for (size_t i = 0; i < n; ++i) o[i] = f(x[i], s);
+      write_out(o, n, [&](size_t begin, size_t end, T* dst) {
+        for (size_t i = begin; i < end; ++i) dst[i - begin] = f(x[i], s);
+      });
     } else if (a.numel() == 1 && shape == b.shape()) {
       const T s = x[0];
-      for (size_t i = 0; i < n; ++i) o[i] = f(s, y[i]);
+      write_out(o, n, [&](size_t begin, size_t end, T* dst) {
+        for (size_t i = begin; i < end; ++i) dst[i - begin] = f(s, y[i]);
+      });
     } else {
       broadcast_binary<T>(x, a.shape(), y, b.shape(), o, shape, f);
     }

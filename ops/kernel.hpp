@@ -5,21 +5,107 @@
 #include <xtensor/xmath.hpp>
 #include <xtensor/xnoalias.hpp>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include "../engine/dispatch.hpp"
 #include "ops.hpp"
 
 namespace tapegrad::kernel {
 
-// 1-D views (fast: fixed rank) over all elements.
+// 1-D views (fast: fixed rank) over n elements from p, or over all of a tensor's elements.
+template <class T>
+auto flat(const T* p, size_t n) {
+  return xt::adapt(p, n, xt::no_ownership(), std::array<size_t, 1>{n});
+}
+template <class T>
+auto flat_mut(T* p, size_t n) {
+  return xt::adapt(p, n, xt::no_ownership(), std::array<size_t, 1>{n});
+}
 template <class T>
 auto flat(const Tensor& t) {
-  return xt::adapt(static_cast<const T*>(t.impl()->data), t.numel(), xt::no_ownership(),
-                   std::array<size_t, 1>{t.numel()});
+  return flat(static_cast<const T*>(t.impl()->data), t.numel());
 }
 template <class T>
 auto flat_mut(const Tensor& t) {
-  return xt::adapt(static_cast<T*>(t.impl()->data), t.numel(), xt::no_ownership(),
-                   std::array<size_t, 1>{t.numel()});
+  return flat_mut(static_cast<T*>(t.impl()->data), t.numel());
+}
+
+// ---- large outputs written around the cache ------------------------------------------------------
+// An elementwise output bigger than the core's L2 cache is read back from memory by whatever uses
+// it next, so caching it on the way out only costs: a plain store first reads each line in
+// (write-allocate), a third of a unary op's memory traffic. write_out computes such an output in
+// L1-sized blocks and copies each out with streaming (non-temporal) stores of whole cache lines.
+// Measured on W3's training step at 2 threads: the work between its GEMMs 5.5 -> 3.6 ms with
+// 64-byte streaming stores (4.0 ms with 16-byte ones), the GEMMs that read the outputs unchanged.
+#if defined(__AVX512F__)
+constexpr size_t kStreamBytes = 64;
+inline void stream_chunk(char* d, const char* s) {
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(d), _mm512_loadu_si512(s));
+}
+#elif defined(__AVX__)
+constexpr size_t kStreamBytes = 32;
+inline void stream_chunk(char* d, const char* s) {
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(d), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
+}
+#elif defined(__SSE2__)
+constexpr size_t kStreamBytes = 16;
+inline void stream_chunk(char* d, const char* s) {
+  _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+}
+#else
+constexpr size_t kStreamBytes = 0;  // no streaming stores on this target: outputs are written plainly
+#endif
+
+// Outputs from this size up are streamed: the L2 cache of this machine (1 MiB if unknown).
+inline size_t streaming_threshold_bytes() {
+  static const size_t bytes = [] {
+    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return l2 > 0 ? static_cast<size_t>(l2) : size_t(1) << 20;
+  }();
+  return bytes;
+}
+
+#if defined(__SSE2__)
+// dst[0, bytes) = src[0, bytes), streaming the part of dst aligned to whole chunks.
+inline void copy_streaming(void* dst, const void* src, size_t bytes) {
+  auto* d = static_cast<char*>(dst);
+  auto* s = static_cast<const char*>(src);
+  size_t head = std::min(bytes, (kStreamBytes - reinterpret_cast<uintptr_t>(d) % kStreamBytes) % kStreamBytes);
+  std::memcpy(d, s, head);
+  d += head;
+  s += head;
+  bytes -= head;
+  for (; bytes >= kStreamBytes; d += kStreamBytes, s += kStreamBytes, bytes -= kStreamBytes) stream_chunk(d, s);
+  std::memcpy(d, s, bytes);
+}
+#else
+inline void copy_streaming(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+#endif
+
+// out[0, n) as produce(begin, end, dst) computes elements [begin, end) into dst[0, end - begin):
+// at once into out when it is small, else block by block through an L1 scratch, streamed out.
+template <class T, class P>
+void write_out(T* out, size_t n, P&& produce) {
+  if (kStreamBytes == 0 || n * sizeof(T) < streaming_threshold_bytes()) {
+    produce(size_t(0), n, out);
+    return;
+  }
+  constexpr size_t kBlock = 16384 / sizeof(T);
+  alignas(64) T block[kBlock];
+  for (size_t begin = 0; begin < n; begin += kBlock) {
+    size_t end = std::min(n, begin + kBlock);
+    produce(begin, end, block);
+    copy_streaming(out + begin, block, (end - begin) * sizeof(T));
+  }
+#if defined(__SSE2__)
+  _mm_sfence();  // streaming stores are weakly ordered: complete them before another thread reads out
+#endif
 }
 
 }  // namespace tapegrad::kernel

@@ -156,7 +156,13 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, CallSite site) 
     T* y = out.data_ptr<T>();
     if (b.defined()) {  // start from the bias rows, then gemm adds x·W (beta = 1)
       const T* bias = b.data_ptr<T>();
-      for (size_t i = 0; i < B; ++i) std::copy(bias, bias + N, y + i * N);
+      write_out(y, B * N, [&](size_t begin, size_t end, T* dst) {
+        for (size_t i = begin; i < end;) {  // element i is bias[i mod N]: copy runs of a row
+          size_t j = i % N, len = std::min(N - j, end - i);
+          std::copy(bias + j, bias + j + len, dst + (i - begin));
+          i += len;
+        }
+      });
     }
     gemm<T>(x.data_ptr<T>(), W.data_ptr<T>(), y, B, N, K, false, false, b.defined() ? T(1) : T(0));
   });

@@ -21,8 +21,11 @@ Tensor unary(const char* op, const Tensor& x, F f) {
   check_float(op, x);
   Tensor out = empty_out(x.dtype(), x.shape());
   dispatch(op, x.dtype(), [&]<class T>() {
-    auto o = flat_mut<T>(out);
-    xt::noalias(o) = f(flat<T>(x));
+    const T* src = x.data_ptr<T>();
+    write_out(out.data_ptr<T>(), x.numel(), [&](size_t begin, size_t end, T* dst) {
+      auto o = flat_mut(dst, end - begin);
+      xt::noalias(o) = f(flat(src + begin, end - begin));
+    });
   });
   return out;
 }
@@ -71,8 +74,9 @@ static Tensor from_output_rule(const char* op, const Tensor& dy, const Tensor& y
   dispatch(op, y.dtype(), [&]<class T>() {
     const T* d = dy.data_ptr<T>();
     const T* v = y.data_ptr<T>();
-    T* o = out.data_ptr<T>();
-    for (size_t i = 0, n = y.numel(); i < n; ++i) o[i] = f(d[i], v[i]);
+    write_out(out.data_ptr<T>(), y.numel(), [&](size_t begin, size_t end, T* o) {
+      for (size_t i = begin; i < end; ++i) o[i - begin] = f(d[i], v[i]);
+    });
   });
   return out;
 }

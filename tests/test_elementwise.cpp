@@ -4,6 +4,7 @@
 #include <functional>
 #include <string>
 
+#include "../ops/kernel.hpp"  // copy_streaming, streaming_threshold_bytes (private to ops/)
 #include "helpers.hpp"
 
 using namespace tapegrad;
@@ -339,4 +340,77 @@ TEST_CASE("elementwise: errors name the op and the shapes") {
   CHECK_THROWS_WITH_AS(expand(a, {3, 3}), doctest::Contains("expand: shapes [2,3] and [3,3] cannot be broadcast"), Error);
   CHECK_THROWS_WITH_AS(expand(a, {3}), doctest::Contains("expand: shape [2,3] cannot be expanded to [3]"), Error);
   CHECK_THROWS_WITH_AS(expand(zeros({3}), {1, 1}), doctest::Contains("expand: shape [3] cannot be expanded to [1,1]"), Error);
+}
+
+// Outputs larger than the L2 cache are computed in blocks and written with streaming stores
+// (ops/kernel.hpp, write_out). They must equal, bit for bit, what the same op writes plainly for
+// small pieces of the input, including a tail that is not a whole block.
+TEST_CASE("elementwise: outputs beyond the cache (streamed) equal the op on small pieces, bit for bit") {
+  for (Dtype dt : {kFloat32, kFloat64}) {
+    // ~6 times the threshold; rows·cols is no multiple of a block or a cache line
+    const size_t cols = 1543, rows = 6 * kernel::streaming_threshold_bytes() / (cols * dtype_size(dt)) + 7;
+    CAPTURE(dt);
+    CAPTURE(rows);
+    std::vector<double> xv(rows * cols), yv(rows * cols);
+    for (size_t i = 0; i < xv.size(); ++i) {
+      xv[i] = std::sin(0.37 * double(i)) * 3.0;
+      yv[i] = std::cos(0.11 * double(i)) + 1.5;
+    }
+    Tensor x = from_vector(xv, {rows, cols}, dtype(dt)), y = from_vector(yv, {rows, cols}, dtype(dt));
+    const std::vector<std::pair<std::string, Binary>> ops = {
+        {"relu", [](const Tensor& a, const Tensor&) { return relu(a); }},
+        {"exp", [](const Tensor& a, const Tensor&) { return exp(a); }},
+        {"add", [](const Tensor& a, const Tensor& b) { return a + b; }},
+        {"mul", [](const Tensor& a, const Tensor& b) { return a * b; }},
+        {"mul scalar", [](const Tensor& a, const Tensor&) { return a * 2.5; }},
+        {"scalar sub", [](const Tensor& a, const Tensor&) { return 0.5 - a; }},
+    };
+    for (const auto& [name, f] : ops) {
+      CAPTURE(name);
+      std::vector<double> big = f(x, y).to_vector();
+      size_t mismatches = 0;
+      // small pieces, well under the threshold; each but the last a multiple of 64 elements, so that
+      // SIMD kernels split them into vector body and scalar tail exactly as they split the whole
+      const size_t piece = 64 * 1500;
+      for (size_t i0 = 0; i0 < xv.size(); i0 += piece) {
+        size_t n = std::min(piece, xv.size() - i0);
+        std::vector<double> xs(xv.begin() + i0, xv.begin() + i0 + n), ys(yv.begin() + i0, yv.begin() + i0 + n);
+        std::vector<double> small = f(from_vector(xs, {n}, dtype(dt)), from_vector(ys, {n}, dtype(dt))).to_vector();
+        for (size_t i = 0; i < n; ++i) mismatches += small[i] != big[i0 + i];
+      }
+      CHECK(mismatches == 0);
+    }
+
+    // relu's backward (dx = dout·[y > 0]) and linear's bias rows, against exact expected values
+    Tensor xg = from_vector(xv, {rows, cols}, dtype(dt).requires_grad());
+    sum(relu(xg) * y).backward();
+    std::vector<double> dx = xg.grad().to_vector();
+    Tensor bias = from_vector(std::vector<double>(yv.begin(), yv.begin() + cols), {cols}, dtype(dt));
+    std::vector<double> rows_of_bias = linear(ones({rows, 3}, dt), zeros({3, cols}, dt), bias).to_vector();
+    size_t bad_dx = 0, bad_bias = 0;
+    for (size_t i = 0; i < xv.size(); ++i) {
+      double xi = dt == kFloat32 ? double(float(xv[i])) : xv[i], yi = dt == kFloat32 ? double(float(yv[i])) : yv[i];
+      bad_dx += dx[i] != (xi > 0 ? yi : 0.0);
+      bad_bias += rows_of_bias[i] != (dt == kFloat32 ? double(float(yv[i % cols])) : yv[i % cols]);
+    }
+    CHECK(bad_dx == 0);
+    CHECK(bad_bias == 0);
+  }
+}
+
+// The streaming copy itself, at every alignment of the destination and lengths around a chunk.
+TEST_CASE("elementwise: copy_streaming copies every byte at any alignment and length") {
+  std::vector<unsigned char> src(4096 + 256), dst(4096 + 256);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<unsigned char>(i * 131 + 7);
+  size_t bad = 0;
+  for (size_t offset = 0; offset < 64; ++offset)
+    for (size_t len : {size_t(0), size_t(1), size_t(15), size_t(63), size_t(64), size_t(65), size_t(200), size_t(4096)}) {
+      std::fill(dst.begin(), dst.end(), 0);
+      kernel::copy_streaming(dst.data() + offset, src.data() + 3, len);
+      for (size_t i = 0; i < dst.size(); ++i) {
+        unsigned char want = i >= offset && i < offset + len ? src[3 + i - offset] : 0;
+        bad += dst[i] != want;
+      }
+    }
+  CHECK(bad == 0);
 }
