@@ -4,11 +4,13 @@
 // first-out is several times cheaper than malloc/free and keeps them warm in cache. Small blocks
 // (≤ 1 KiB) come from 64 KiB slabs owned by one thread each (lock-free for their owner; empty
 // slabs are reused or returned to the kernel), large buffers (up to 64 of them and 256 MiB in
-// all) are kept by exact size. AddressSanitizer builds bypass it so use-after-free stays detectable.
+// all) are kept by exact size; those from 128 KiB up live on 2 MiB (huge) pages. AddressSanitizer builds bypass it so use-after-free stays detectable.
 #include <cstddef>
 
 namespace tapegrad::detail {
 void* pool_alloc(size_t bytes);
 void pool_free(void* p, size_t bytes);  // `bytes` must be what pool_alloc was given
 size_t pool_cached_bytes();             // small blocks cached by this thread (0 without the pool)
+size_t pool_medium_chunks();            // 2 MiB chunks holding buffers of 128 KiB to 2 MiB (process)
+bool pool_medium_on_huge_pages();       // whether they do: the pool is on and huge pages are not off
 }  // namespace tapegrad::detail

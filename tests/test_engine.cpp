@@ -215,6 +215,44 @@ TEST_CASE("pool: 2 M small blocks are distinct, freed across threads, and the ca
   for (int i = 0; i < 1000; ++i) CHECK(ts[size_t(i)].to_vector()[2] == double(i));
 }
 
+// Buffers of 128 KiB to 2 MiB are shares of 2 MiB chunks on huge pages (engine/pool.cpp). Blocks
+// of every share must be distinct and keep their values, may be freed by another thread, and a
+// chunk goes back to the kernel with its last block (after the threads' caches are gone).
+TEST_CASE("pool: medium buffers share 2 MiB chunks, stay intact across threads, and are given back") {
+  const size_t before = detail::pool_medium_chunks();
+  const std::vector<size_t> sizes = {size_t(128) << 10, (size_t(128) << 10) + 8, 200000, size_t(256) << 10, 699048,
+                                     size_t(1) << 20, (size_t(1) << 20) + 64, (size_t(2) << 20) - 16};
+  using Block = std::pair<uint64_t*, size_t>;
+  std::vector<Block> blocks, handed;
+  size_t bad = 0, misaligned = 0, chunks_in_use = 0;
+  std::thread owner([&] {
+    for (int round = 0; round < 12; ++round)
+      for (size_t bytes : sizes) {
+        Block b{static_cast<uint64_t*>(detail::pool_alloc(bytes)), bytes};
+        misaligned += reinterpret_cast<uintptr_t>(b.first) % 64 != 0;
+        for (size_t w = 0; w < bytes / 8; ++w) b.first[w] = blocks.size() * 1000003 + w;  // fills it all
+        blocks.push_back(b);
+      }
+    chunks_in_use = detail::pool_medium_chunks() - before;
+    for (size_t k = 0; k < blocks.size(); ++k)  // no block overlaps another
+      for (size_t w = 0; w < blocks[k].second / 8; ++w) bad += blocks[k].first[w] != k * 1000003 + w;
+    for (size_t k = 0; k < blocks.size(); ++k) {  // every other block is freed by another thread
+      if (k % 2) handed.push_back(blocks[k]);
+      else detail::pool_free(blocks[k].first, blocks[k].second);
+    }
+  });
+  owner.join();
+  std::thread([&] {
+    for (Block b : handed) detail::pool_free(b.first, b.second);
+  }).join();
+  CHECK(bad == 0);
+  CHECK(misaligned == 0);
+  // 12 rounds of 8 sizes in shares of 16, 15, 10, 8, 2, 2, 1, 1 blocks a chunk: 1 + 1 + 2 + 2 + 12 +
+  // 24 = 42 chunks (none where operator new serves them: huge pages off, or no pool under ASan)
+  CHECK(chunks_in_use == (detail::pool_medium_on_huge_pages() ? 42u : 0u));
+  CHECK(detail::pool_medium_chunks() == before);
+}
+
 // Blocks passed between threads while they allocate and free, and blocks outliving the thread
 // that allocated them (their slabs are abandoned, then emptied by other threads' frees).
 TEST_CASE("pool: blocks handed between threads, some of which end before their blocks are freed") {
