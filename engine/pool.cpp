@@ -234,16 +234,19 @@ Slab* take_empty_slab() {
   } else if ((s = g.released)) {
     g.released = s->next;
   } else {
-    // Map a segment with room to align it, give back the ragged ends, stack all but one slab.
-    size_t span = kSegmentBytes + kSlabBytes;
+    // Map a segment with room to align it to 2 MiB, give back the ragged ends, stack all but one
+    // slab. On huge pages a segment costs 2 page faults instead of 1024: W4 (230 MB of blocks, in
+    // a fresh process per repetition) 467-492 -> 376-424 ms, 233 -> 235 bytes per op.
+    size_t span = kSegmentBytes + kHugePage;
     void* m = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) throw std::bad_alloc();
-    auto base = reinterpret_cast<uintptr_t>(m), start = (base + kSlabBytes - 1) & ~(kSlabBytes - 1);
+    auto base = reinterpret_cast<uintptr_t>(m), start = (base + kHugePage - 1) & ~(kHugePage - 1);
     if (start > base) munmap(m, start - base);
     if (base + span > start + kSegmentBytes) munmap(reinterpret_cast<void*>(start + kSegmentBytes), base + span - start - kSegmentBytes);
+    madvise(reinterpret_cast<void*>(start), kSegmentBytes, MADV_HUGEPAGE);  // advice only
     for (size_t off = kSlabBytes; off < kSegmentBytes; off += kSlabBytes) {
       auto* e = new (reinterpret_cast<void*>(start + off)) Slab;
-      e->next = g.released;  // untouched pages: as good as released
+      e->next = g.released;  // unused: as good as released (the segment is 2 huge pages at most)
       g.released = e;
     }
     s = new (reinterpret_cast<void*>(start)) Slab;
