@@ -61,27 +61,32 @@ struct Buf {
 };
 Buf gA, gB, gC;
 
+// Runs call() `warm` times, then times it at least `min_calls` times and g_min_time_ms in all
+// (at most 2000 calls); stats in ms.
+template <class F>
+Stats time_calls(int warm, size_t min_calls, F&& call) {
+  for (int w = 0; w < warm; ++w) call();
+  std::vector<double> t;
+  double acc = 0;
+  while ((t.size() < min_calls || acc < g_min_time_ms) && t.size() < 2000) {
+    auto t0 = clk::now();
+    call();
+    t.push_back(ms_between(t0, clk::now()));
+    acc += t.back();
+  }
+  return stats(t);
+}
+
 // Times C[M,N] = op(A) op(B) in row-major storage; returns stats in ms.
 Stats time_gemm(int M, int N, int K, bool ta, bool tb) {
   gA.ensure(size_t(M) * K, 1);
   gB.ensure(size_t(K) * N, 2);
   gC.ensure(size_t(M) * N, 3);
   int lda = ta ? M : K, ldb = tb ? K : N, ldc = N;
-  auto call = [&] {
+  return time_calls(2, 10, [&] {
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, gA.p,
                 lda, gB.p, ldb, 0.0f, gC.p, ldc);
-  };
-  for (int w = 0; w < 2; ++w) call();
-  std::vector<double> t;
-  double acc = 0;
-  while ((t.size() < 10 || acc < g_min_time_ms) && t.size() < 2000) {
-    auto t0 = clk::now();
-    call();
-    auto t1 = clk::now();
-    t.push_back(ms_between(t0, t1));
-    acc += t.back();
-  }
-  return stats(t);
+  });
 }
 
 // The counted GEMMs of one training step, back to back (see GEMMSEQ above); returns stats in ms.
@@ -108,19 +113,11 @@ Stats time_sequence(const std::vector<int>& dims, int B) {
                   dims[l], dY[l].p, dims[l + 1], 1.0f, W[l].p, dims[l + 1]);
     }
   };
-  for (int w = 0; w < 3; ++w) step();
-  std::vector<double> t;
-  double acc = 0;
-  while ((t.size() < 20 || acc < g_min_time_ms) && t.size() < 2000) {
-    auto t0 = clk::now();
-    step();
-    t.push_back(ms_between(t0, clk::now()));
-    acc += t.back();
-  }
+  Stats s = time_calls(3, 20, step);
   for (auto* v : {&W, &Y, &dY})
     for (Buf& b : *v) std::free(b.p);
   std::free(X.p);
-  return stats(t);
+  return s;
 }
 
 const char* vname(bool ta, bool tb) { return ta ? (tb ? "TT" : "TN") : (tb ? "NT" : "NN"); }
