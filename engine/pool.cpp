@@ -236,7 +236,8 @@ Slab* take_empty_slab() {
   } else {
     // Map a segment with room to align it to 2 MiB, give back the ragged ends, stack all but one
     // slab. On huge pages a segment costs 2 page faults instead of 1024: W4 (230 MB of blocks, in
-    // a fresh process per repetition) 467-492 -> 376-424 ms, 233 -> 235 bytes per op.
+    // a fresh process per repetition; 5 alternating runs of 5) 426-514 -> 358-397 ms, 233 -> 235
+    // bytes per op.
     size_t span = kSegmentBytes + kHugePage;
     void* m = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) throw std::bad_alloc();
