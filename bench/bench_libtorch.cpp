@@ -118,7 +118,7 @@ void run_w1() {
 
 // ================================================================ W2 / W3 MLP training step
 void run_mlp(const char* id, const char* name, std::vector<int64_t> dims, int64_t batch, uint64_t sbase,
-             int warm, int steps, double want_loss) {
+             int warm, int steps, double want_loss, bench::LastLoss last) {
   const size_t L = dims.size() - 1;
   std::vector<torch::nn::Linear> layers;
   std::vector<torch::Tensor> params;
@@ -178,6 +178,7 @@ void run_mlp(const char* id, const char* name, std::vector<int64_t> dims, int64_
   }
   double flt = double(minflt_self() - flt0) / double(steps);
   bool ok = bench::check(id, "first-step loss", loss_first, want_loss, 1e-4);
+  ok &= bench::check_last_loss(id, warm + steps, loss_last, last);
   Stats T = stats(tt);
   std::printf(
       "%s %s threads=%d steps=%zu median_ms=%.3f min_ms=%.3f zero_median_ms=%.3f fwd_median_ms=%.3f "
@@ -244,6 +245,7 @@ void run_w5() {
   }
   double flt = double(minflt_self() - flt0) / double(g_opt.w5_steps);
   bool ok = bench::check("W5", "first-step loss", loss_first, 4.158030, 1e-4);
+  ok &= bench::check_last_loss("W5", g_opt.w5_warm + g_opt.w5_steps, loss_last, bench::kLastLossW5);
   Stats S = stats(tt);
   std::printf(
       "W5 rnn_step threads=%d steps=%zu median_ms=%.3f min_ms=%.3f zero_fwd_median_ms=%.3f bwd_median_ms=%.3f "
@@ -322,10 +324,10 @@ int main(int argc, char** argv) {
   };
   guarded("W1", [] { run_w1(); });
   guarded("W2", [] {
-    run_mlp("W2", "mlp_step", {784, 512, 256, 10}, 128, 20, g_opt.w2_warm, g_opt.w2_steps, 2.289553);
+    run_mlp("W2", "mlp_step", {784, 512, 256, 10}, 128, 20, g_opt.w2_warm, g_opt.w2_steps, 2.289553, bench::kLastLossW2);
   });
   guarded("W3", [] {
-    run_mlp("W3", "wide_mlp_step", {2048, 2048, 2048, 10}, 512, 30, g_opt.w3_warm, g_opt.w3_steps, 2.303267);
+    run_mlp("W3", "wide_mlp_step", {2048, 2048, 2048, 10}, 512, 30, g_opt.w3_warm, g_opt.w3_steps, 2.303267, bench::kLastLossW3);
   });
   guarded("W5", [] { run_w5(); });
   guarded("W4", [] {

@@ -5,9 +5,9 @@
 //
 // Usage: bench_tapegrad [--threads N] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S]
 //                       [--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward]
-// W2/W3 update the parameters with optim::SGD in backward (in_backward = true: the step of each
-// weight is folded into the gemm of its gradient); --sgd-after-backward runs the usual
-// backward() then a separate SGD pass instead.
+// W2, W3 and W5 update the parameters with optim::SGD in backward (in_backward = true: in W2/W3 the
+// step of each weight is folded into the gemm of its gradient); --sgd-after-backward runs the
+// usual backward() then a separate SGD pass instead.
 // Threads: tapegrad::set_num_threads(N) (which sets OpenBLAS's count); run with
 // OPENBLAS_NUM_THREADS=N in the environment too (scripts/bench does).
 #include <tapegrad/tapegrad.hpp>
@@ -109,7 +109,7 @@ void run_w1() {
 
 // ================================================================ W2 / W3 MLP training step
 void run_mlp(const char* id, const char* name, const std::vector<size_t>& dims, size_t batch, uint64_t sbase,
-             int warm, int steps, double want_loss) {
+             int warm, int steps, double want_loss, bench::LastLoss last) {
   const size_t L = dims.size() - 1;
   std::vector<Tensor> W(L), bias(L), params;
   for (size_t l = 0; l < L; ++l) {
@@ -163,6 +163,7 @@ void run_mlp(const char* id, const char* name, const std::vector<size_t>& dims, 
   }
   double flt = double(bench::minflt_self() - flt0) / double(steps);
   bool ok = bench::check(id, "first-step loss", loss_first, want_loss, 1e-4);
+  ok &= bench::check_last_loss(id, warm + steps, loss_last, last);
   Stats T = stats(tt);
   std::printf(
       "%s %s threads=%d steps=%zu median_ms=%.3f min_ms=%.3f zero_median_ms=%.3f fwd_median_ms=%.3f "
@@ -192,6 +193,10 @@ void run_w5() {
     tgt[t] = tg::from_indices({targets.begin() + t * B, targets.begin() + (t + 1) * B}, {B});
   }
   Tensor h0 = tg::zeros({B, H});
+  // As in W2/W3: p ← p − 0.01·∂loss/∂p applied by backward() itself (each parameter is used 64
+  // times, so the sweep steps it once its gradient is summed), unless --sgd-after-backward.
+  std::optional<tg::optim::SGD> in_backward;
+  if (!g_opt.sgd_after) in_backward.emplace(params, 0.01, tg::optim::SGDOptions{.in_backward = true});
 
   std::vector<double> tf, tb, tt;
   double loss_first = 0, loss_last = 0;
@@ -231,12 +236,13 @@ void run_w5() {
   }
   double flt = double(bench::minflt_self() - flt0) / double(g_opt.w5_steps);
   bool ok = bench::check("W5", "first-step loss", loss_first, 4.158030, 1e-4);
+  ok &= bench::check_last_loss("W5", g_opt.w5_warm + g_opt.w5_steps, loss_last, bench::kLastLossW5);
   Stats S = stats(tt);
   std::printf(
       "W5 rnn_step threads=%d steps=%zu median_ms=%.3f min_ms=%.3f zero_fwd_median_ms=%.3f bwd_median_ms=%.3f "
-      "minflt_per_step=%.1f loss_first=%.6f loss_last=%.6f check=%s\n",
+      "minflt_per_step=%.1f loss_first=%.6f loss_last=%.6f sgd=%s check=%s\n",
       g_opt.threads, tt.size(), S.median, S.min, stats(tf).median, stats(tb).median, flt, loss_first, loss_last,
-      ok ? "ok" : "FAIL");
+      g_opt.sgd_after ? "after_backward" : "in_backward", ok ? "ok" : "FAIL");
   std::fflush(stdout);
 }
 
@@ -292,9 +298,9 @@ int main(int argc, char** argv) {
     }
   };
   guarded("W1", [] { run_w1(); });
-  guarded("W2", [] { run_mlp("W2", "mlp_step", {784, 512, 256, 10}, 128, 20, g_opt.w2_warm, g_opt.w2_steps, 2.289553); });
+  guarded("W2", [] { run_mlp("W2", "mlp_step", {784, 512, 256, 10}, 128, 20, g_opt.w2_warm, g_opt.w2_steps, 2.289553, bench::kLastLossW2); });
   guarded("W3", [] {
-    run_mlp("W3", "wide_mlp_step", {2048, 2048, 2048, 10}, 512, 30, g_opt.w3_warm, g_opt.w3_steps, 2.303267);
+    run_mlp("W3", "wide_mlp_step", {2048, 2048, 2048, 10}, 512, 30, g_opt.w3_warm, g_opt.w3_steps, 2.303267, bench::kLastLossW3);
   });
   guarded("W5", [] { run_w5(); });
   guarded("W4", [] {

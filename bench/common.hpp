@@ -94,6 +94,17 @@ inline bool check(const char* id, const char* what, double got, double want, dou
   }
   return ok;
 }
+// The loss of the last step when a run takes the default number of steps, as libtorch computes it
+// (bench_libtorch, the same data and SGD): a run whose optimizer does not update the parameters,
+// or updates them wrongly, passes the first-step check and fails this one.
+struct LastLoss {
+  int steps;  // warm-up + timed, the defaults
+  double loss;
+};
+inline constexpr LastLoss kLastLossW2{210, 2.178851}, kLastLossW3{23, 2.287489}, kLastLossW5{210, 4.155624};
+inline bool check_last_loss(const char* id, int steps_run, double got, LastLoss want) {
+  return steps_run != want.steps || check(id, "last-step loss", got, want.loss, 1e-4);
+}
 inline void fail_run(const char* id, const std::string& why) {
   std::fprintf(stderr, "RUN FAILED %s: %s\n", id, why.c_str());
   g_failed = true;
