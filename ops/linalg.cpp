@@ -5,6 +5,7 @@
 extern "C" {
 void openblas_set_num_threads(int);
 int openblas_get_num_threads(void);
+char* openblas_get_corename(void);
 }
 
 #include "kernel.hpp"
@@ -14,8 +15,19 @@ using namespace kernel;
 
 namespace {
 
-// Products below this many multiply-adds run on one BLAS thread (see gemm).
-constexpr double kSmallProduct = 4e6;
+// Products below this many multiply-adds run on one BLAS thread (see gemm). Where splitting one
+// across two threads starts to pay depends on how fast one thread is, so on OpenBLAS's kernels.
+// Measured with W5 ([32,128]·[128,128] products, 5.2·10⁵) at 2 threads: with the AVX-512 kernels
+// (Intel Xeon, "SkylakeX", 29 Nov 2026) splitting them cost 1–14 % and 4·10⁶ was kept; with the
+// AVX2 kernels ("Haswell", AMD EPYC Zen 5, 2 Dec 2026), which take twice as long per product,
+// splitting them saved 15 % of the step (8 alternating runs: 5.38 -> 4.57 ms), so there the line is 4·10⁵.
+double small_product() {
+  static const double mnk = [] {
+    const std::string core = openblas_get_corename();
+    return core == "SkylakeX" || core == "Cooperlake" || core == "SapphireRapids" ? 4e6 : 4e5;
+  }();
+  return mnk;
+}
 
 // C[M,N] = alpha·op(A)·op(B) + beta·C, row-major, where A/B are stored [rows, cols] as given.
 template <class T>
@@ -28,11 +40,10 @@ void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, b
   auto lda = static_cast<int>(ta ? M : K), ldb = static_cast<int>(tb ? K : N);
   auto opA = ta ? CblasTrans : CblasNoTrans, opB = tb ? CblasTrans : CblasNoTrans;
   auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
-  // A small product split across threads costs more in hand-offs than it gains, and keeps
-  // OpenBLAS's worker spinning beside us between products (W5's [32,128]·[128,128] steps ran
-  // 4–7 % slower at 2 threads than at 1). OpenBLAS only keeps products under 2.6·10⁵ on one thread.
+  // A small product split across threads costs more in hand-offs than it gains (small_product);
+  // OpenBLAS itself only keeps products under 2.6·10⁵ on one thread.
   const int threads = openblas_get_num_threads();
-  const bool one = threads > 1 && double(M) * double(N) * double(K) < kSmallProduct;
+  const bool one = threads > 1 && double(M) * double(N) * double(K) < small_product();
   if (one) openblas_set_num_threads(1);
   if constexpr (std::is_same_v<T, float>)
     cblas_sgemm(CblasRowMajor, opA, opB, m, n, k, alpha, A, lda, B, ldb, beta, C, n);
