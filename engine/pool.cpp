@@ -234,20 +234,22 @@ Slab* take_empty_slab() {
   } else if ((s = g.released)) {
     g.released = s->next;
   } else {
-    // Map a segment with room to align it to 2 MiB, give back the ragged ends, stack all but one
-    // slab. On huge pages a segment costs 2 page faults instead of 1024: W4 (230 MB of blocks, in
-    // a fresh process per repetition; 5 alternating runs of 5) 426-514 -> 358-397 ms, 233 -> 235
-    // bytes per op.
-    size_t span = kSegmentBytes + kHugePage;
+    // Map a segment with room to align it, give back the ragged ends, stack all but one slab.
+    // Segments stay on 4 KiB pages. On 2 MiB pages (MADV_HUGEPAGE, tried 29 Nov) a warm process
+    // built W4's graph faster (5 repetitions: 340-410 ms against 420-550), but a huge page comes
+    // from the kernel's free 2 MiB blocks, which a VM may have handed back to its host: then its
+    // first touch costs a host fault too. The first fresh process after W3 freed its memory took
+    // 680-995 ms (0.4-0.7 s in the kernel) in 4 of 4 runs, and later ones 545-730 now and then
+    // (AMD EPYC VM, 2 Dec 2026); on 4 KiB pages every repetition took 420-550 ms.
+    size_t span = kSegmentBytes + kSlabBytes;
     void* m = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) throw std::bad_alloc();
-    auto base = reinterpret_cast<uintptr_t>(m), start = (base + kHugePage - 1) & ~(kHugePage - 1);
+    auto base = reinterpret_cast<uintptr_t>(m), start = (base + kSlabBytes - 1) & ~(kSlabBytes - 1);
     if (start > base) munmap(m, start - base);
     if (base + span > start + kSegmentBytes) munmap(reinterpret_cast<void*>(start + kSegmentBytes), base + span - start - kSegmentBytes);
-    madvise(reinterpret_cast<void*>(start), kSegmentBytes, MADV_HUGEPAGE);  // advice only
     for (size_t off = kSlabBytes; off < kSegmentBytes; off += kSlabBytes) {
       auto* e = new (reinterpret_cast<void*>(start + off)) Slab;
-      e->next = g.released;  // unused: as good as released (the segment is 2 huge pages at most)
+      e->next = g.released;  // untouched pages: as good as released
       g.released = e;
     }
     s = new (reinterpret_cast<void*>(start)) Slab;
