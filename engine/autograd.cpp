@@ -115,6 +115,25 @@ const Tensor& Backward::out() const {
 
 void Backward::add(size_t i, const Tensor& grad) { add(i, grad, nullptr); }
 
+namespace {
+thread_local uint64_t added_in_place_count = 0;
+}
+uint64_t detail::added_in_place() { return added_in_place_count; }
+
+Tensor Backward::pending_to_add_into(size_t i) const {
+  TensorImpl* t = input(i).impl();
+  if (create_graph_ || !t->pending || !t->pending->unique() || DetectAnomalyGuard::is_enabled() ||
+      ExplainGuard::current())
+    return Tensor();
+  ++added_in_place_count;
+  return Tensor(t->pending);
+}
+
+Tensor Backward::fresh_like_input(size_t i) const {
+  const Tensor& in = input(i);
+  return Tensor(TensorImpl::create(in.dtype(), in.shape()));
+}
+
 const StepInBackward* Backward::fusable_step(size_t i) const {
   if (!steps_ || steps_->empty() || create_graph_ || DetectAnomalyGuard::is_enabled() || ExplainGuard::current())
     return nullptr;

@@ -197,6 +197,24 @@ class Backward {
   void add(size_t i, const Tensor& grad);
   // The same, with the rule in math for explain mode, e.g. add(1, dW, "dW += xᵀ·dout").
   void add(size_t i, const Tensor& grad, const char* rule);
+  // The same for a gradient that a kernel writes itself: write(dst, accumulate) stores the
+  // contribution into dst, a tensor of input i's shape and dtype (accumulate = false: dst holds
+  // garbage), or adds it to what dst holds (true). When input i already has a pending gradient
+  // that this sweep alone holds, dst is that buffer, so a product does its `dW += xᵀ·dout` as one
+  // gemm with beta = 1 and the summand is never stored. Otherwise it writes a new tensor that goes
+  // through add(): always so when the backward builds a graph (create_graph) or explain or anomaly
+  // mode must see each contribution.
+  template <class F>
+  void add_into(size_t i, F&& write, const char* rule = nullptr) {
+    if (!wants(i)) return;
+    if (Tensor dst = pending_to_add_into(i); dst.defined()) {
+      write(dst, true);
+      return;
+    }
+    Tensor grad = fresh_like_input(i);
+    write(grad, false);
+    add(i, grad, rule);
+  }
 
   // Optimizer in backward: non-null when input i is a leaf with register_step_in_backward, this is
   // its only use in the graph, and nothing needs to see its gradient (no hooks, explain or anomaly
@@ -208,6 +226,8 @@ class Backward {
   void run_steps();  // called by the sweep
 
  private:
+  Tensor pending_to_add_into(size_t i) const;  // undefined unless add_into may add in place
+  Tensor fresh_like_input(size_t i) const;     // uninitialised, input i's shape and dtype
   Node& node_;
   const Tensor& out_;
   const Tensor& dout_;
@@ -241,6 +261,8 @@ void explain_fan_out(const TensorImpl* t, const char* op, const Tensor& grad);
 uint64_t next_seq();
 // Steps an op folded into its own kernel on this thread (Backward::apply_step), for tests.
 uint64_t folded_steps();
+// Contributions a kernel added straight into a pending gradient on this thread (Backward::add_into).
+uint64_t added_in_place();
 bool any_requires_grad(const Tensor* first, size_t n);
 void attach(const Tensor& out, Node* node, const char* name, const Tensor* first, size_t n);
 }  // namespace detail

@@ -54,15 +54,17 @@ void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, b
 
 std::string op_str(const Shape& s, bool t) { return s.str() + (t ? "ᵀ" : ""); }
 
-// Input i's gradient is op(A)·op(B). Usually that is added like any gradient; but when input i is
-// a parameter updated in backward (register_step_in_backward: plain SGD) and this is its only use,
-// the update is folded into the product: p ← (1 − lr·wd)·p − lr·op(A)·op(B) is one gemm with
-// alpha = −lr, beta = 1 − lr·wd, and the gradient is never stored. It runs once the node's backward
-// has returned, since the node's other gradients may read p's old value.
+// Input i's gradient is op(A)·op(B). It is added like any gradient, by a gemm that writes it or,
+// when input i already has a pending gradient of this sweep's own, adds into that with beta = 1
+// (Backward::add_into: W5's weights take 64 contributions each). When a graph of the backward is
+// being built, it is an mm, recorded. And when input i is a parameter updated in backward
+// (register_step_in_backward: plain SGD) and this is its only use, the update is folded into the
+// product: p ← (1 − lr·wd)·p − lr·op(A)·op(B) is one gemm with alpha = −lr, beta = 1 − lr·wd, and
+// the gradient is never stored. That runs once the node's backward has returned, since the node's
+// other gradients may read p's old value.
 void add_product(Backward& g, size_t i, const Tensor& A, const Tensor& B, bool ta, bool tb, const char* rule) {
   if (!g.wants(i)) return;
-  const StepInBackward* step = g.fusable_step(i);
-  if (!step) {
+  if (g.create_graph()) {
     g.add(i, mm(A, B, ta, tb), rule);
     return;
   }
@@ -71,7 +73,16 @@ void add_product(Backward& g, size_t i, const Tensor& A, const Tensor& B, bool t
   size_t N = tb ? B.shape()[0] : B.shape()[1];
   if (p.shape() != Shape{M, N} || p.dtype() != A.dtype() || A.dtype() != B.dtype())
     fail(g.op(), ": backward's product ", op_str(A.shape(), ta), "·", op_str(B.shape(), tb),
-         " does not fit the parameter of shape ", p.shape());
+         " does not fit the input of shape ", p.shape());
+  const StepInBackward* step = g.fusable_step(i);
+  if (!step) {
+    g.add_into(i, [&](Tensor& dst, bool accumulate) {
+      dispatch("matmul", dst.dtype(), [&]<class T>() {
+        gemm<T>(A.data_ptr<T>(), B.data_ptr<T>(), dst.data_ptr<T>(), M, N, K, ta, tb, T(accumulate ? 1 : 0));
+      });
+    }, rule);
+    return;
+  }
   double lr = step->lr, keep = 1 - step->lr * step->weight_decay;
   g.apply_step(i, [A, B, p, M, N, K, ta, tb, lr, keep] {
     dispatch("step_in_backward", p.dtype(), [&]<class T>() {
@@ -184,7 +195,7 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, CallSite site) 
     // dW += xᵀ·dout          [K,N] += [K,B]·[B,N]   (or the SGD step folded in: add_product)
     add_product(g, 1, x, dout, /*transpose_a=*/true, false, "dW += xᵀ·dout");
     // dx += dout·Wᵀ          [B,K] += [B,N]·[N,K]
-    if (g.wants(0)) g.add(0, mm(dout, W, false, /*transpose_b=*/true), "dx += dout·Wᵀ");
+    add_product(g, 0, dout, W, false, /*transpose_b=*/true, "dx += dout·Wᵀ");
   };
   return b.defined() ? record("linear", out, {x, W, b}, backward, "x W b")
                      : record("linear", out, {x, W}, backward, "x W");

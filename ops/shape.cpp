@@ -194,15 +194,21 @@ Tensor slice_rows(const char* op, const Tensor& x, size_t d, size_t start, size_
 
 // index_add: y = zeros(shape); y[.., index[i], ..] += x[.., i, ..] along dim d (repeats add up)
 //   dx = index_select(dy, d, index)
-Tensor index_add(const Tensor& x, const Shape& shape, size_t d, const Tensor& index) {
-  check_float("index_add", x);
+// out[.., index[i], ..] += x[.., i, ..], out of shape `shape`
+static void scatter_add_rows(const Tensor& x, const Tensor& out, size_t d, const Tensor& index) {
+  const Shape& shape = out.shape();
   const int64_t* idx = index.data_ptr<int64_t>();
   size_t m = index.numel();
-  Tensor out = zeros(shape, x.dtype());
   dispatch("index_add", x.dtype(), [&]<class T>() {
     move_rows<true>(x.data_ptr<T>(), m, at(0), out.data_ptr<T>(), shape[d], indexed(idx), extent(shape, 0, d),
                     extent(shape, d + 1, shape.rank()), m);
   });
+}
+
+Tensor index_add(const Tensor& x, const Shape& shape, size_t d, const Tensor& index) {
+  check_float("index_add", x);
+  Tensor out = zeros(shape, x.dtype());
+  scatter_add_rows(x, out, d, index);
   return record("index_add", out, {x, index}, [d](Backward& g) {
     g.add(0, index_select(g.dout(), static_cast<int64_t>(d), g.input(1)), "dx += index_select(dout, index)");
   }, "x index");
@@ -431,7 +437,15 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index, CallSite 
   copy_rows(x, s[d], indexed(idx), out, m, at(0), extent(s, 0, d), extent(s, d + 1, s.rank()), m);
   Shape in_shape = s;
   return record("index_select", out, {x, index}, [in_shape, d](Backward& g) {
-    g.add(0, index_add(g.dout(), in_shape, d, g.input(1)), "dx += index_add(dout): repeats add up");
+    const char* rule = "dx += index_add(dout): repeats add up";
+    if (g.create_graph()) {  // the scatter-add must be recorded for gradients of gradients
+      g.add(0, index_add(g.dout(), in_shape, d, g.input(1)), rule);
+      return;
+    }
+    g.add_into(0, [&](Tensor& dx, bool accumulate) {  // a gathered table's rows add into its pending gradient
+      if (!accumulate) std::memset(dx.impl()->data, 0, dx.impl()->nbytes());
+      scatter_add_rows(g.dout(), dx, d, g.input(1));
+    }, rule);
   }, "x index");
 }
 

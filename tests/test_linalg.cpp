@@ -248,3 +248,42 @@ TEST_CASE("linalg: small products run on one BLAS thread and leave the thread co
     }
   set_num_threads(before);
 }
+
+// Backward::add_into: a weight that several products use gets its gradient summed by the gemms
+// themselves (beta = 1 into the pending buffer) instead of a summand per product added afterwards.
+TEST_CASE("linalg: a weight in several products: dW sums every product's xᵀ·dout, added in place by gemm") {
+  auto constant = [](const Shape& s, uint64_t seed) { return from_vector(leaf64(s, seed).to_vector(), s, kFloat64); };
+  Tensor W = leaf64({3, 2}, 40);
+  Tensor x1 = constant({4, 3}, 41), x2 = constant({5, 3}, 42), x3 = constant({2, 3}, 43);
+  auto f = [&](const Tensor& w) { return sum(matmul(x1, w)) + sum(matmul(x2, w) * 3.0) + sum(w * w) + sum(linear(x3, w)); };
+  uint64_t in_place0 = detail::added_in_place();
+  f(W).backward();
+  // Swept newest first: linear's dW is stored, w*w's added, then both matmuls' gemms add in place.
+  CHECK(detail::added_in_place() - in_place0 == 2);
+  // By hand: d/dW Σ(x·W) = xᵀ·1 (each column of dW is the column sums of x), d/dW Σ W² = 2W.
+  std::vector<double> w = W.to_vector(), a = x1.to_vector(), b = x2.to_vector(), c = x3.to_vector(), want(6);
+  for (size_t k = 0; k < 3; ++k)
+    for (size_t n = 0; n < 2; ++n) {
+      double s = 2 * w[k * 2 + n];
+      for (size_t r = 0; r < 4; ++r) s += a[r * 3 + k];
+      for (size_t r = 0; r < 5; ++r) s += 3 * b[r * 3 + k];
+      for (size_t r = 0; r < 2; ++r) s += c[r * 3 + k];
+      want[k * 2 + n] = s;
+    }
+  check_values(W.grad(), want, 1e-12);
+  CHECK_GRADCHECK([&](const std::vector<Tensor>& t) { return f(t[0]); }, (std::vector<Tensor>{W}));
+  // A pending gradient that is not the sweep's alone (here a view: reshape's backward reshapes
+  // dout) is left as it is: the product is written apart and summed.
+  Tensor V = leaf64({3, 2}, 44);
+  auto g = [&](const Tensor& v) { return sum(matmul(x1, v)) + sum(reshape(v, {6}) * 2.0); };
+  in_place0 = detail::added_in_place();
+  g(V).backward();
+  CHECK(detail::added_in_place() == in_place0);
+  for (size_t k = 0; k < 3; ++k)
+    for (size_t n = 0; n < 2; ++n) want[k * 2 + n] = 2 + a[0 * 3 + k] + a[1 * 3 + k] + a[2 * 3 + k] + a[3 * 3 + k];
+  check_values(V.grad(), want, 1e-12);
+  CHECK_GRADCHECK([&](const std::vector<Tensor>& t) { return g(t[0]); }, (std::vector<Tensor>{V}));
+  // Gradients of gradients through the shared weight: the products are recorded (create_graph).
+  CHECK(gradgradcheck([&](const std::vector<Tensor>& t) { return sum(tanh(matmul(x1, t[0]))) + sum(tanh(matmul(x2, t[0]))); },
+                      {W}).ok);
+}

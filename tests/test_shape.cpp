@@ -270,6 +270,31 @@ TEST_CASE("shape: stack along every position, values and gradcheck") {
 
 // ---- index_select -------------------------------------------------------------------------------------
 
+// An embedding table gathered at several steps (W5's Wxh): each gather's backward scatter-adds
+// into the table's pending gradient in place (Backward::add_into), repeats and all.
+TEST_CASE("shape: a table gathered several times sums every gather's rows, scatter-added in place") {
+  Tensor table = leaf64({4, 3}, 50);
+  std::vector<Tensor> idx = {from_indices({1, 3, 1}, {3}), from_indices({0, 1}, {2}), from_indices({3, 3, 3, 2}, {4})};
+  std::vector<Tensor> scale = {from_vector({1, 2, 3}, {3, 1}, kFloat64), from_vector({4, 5}, {2, 1}, kFloat64),
+                               from_vector({6, 7, 8, 9}, {4, 1}, kFloat64)};
+  auto f = [&](const Tensor& t) {
+    Tensor loss = sum(index_select(t, 0, idx[0]) * scale[0]);
+    for (size_t s = 1; s < idx.size(); ++s) loss = loss + sum(index_select(t, 0, idx[s]) * scale[s]);
+    return loss;
+  };
+  uint64_t in_place0 = detail::added_in_place();
+  f(table).backward();
+  CHECK(detail::added_in_place() - in_place0 == 2);  // the first gather's rows are stored, two add in place
+  // Row r of d(table) is the sum of the scales of every position that gathered row r.
+  std::vector<double> row = {4, 1 + 3 + 5, 9, 2 + 6 + 7 + 8}, want;
+  for (double r : row) want.insert(want.end(), {r, r, r});
+  check_values(table.grad(), want, 1e-12);
+  CHECK_GRADCHECK([&](const std::vector<Tensor>& t) { return f(t[0]); }, (std::vector<Tensor>{table}));
+  CHECK(gradgradcheck([&](const std::vector<Tensor>& t) { return sum(tanh(index_select(t[0], 0, idx[0]))) +
+                                                                 sum(tanh(index_select(t[0], 0, idx[2]))); },
+                      {table}).ok);
+}
+
 TEST_CASE("shape: index_select values and repeated indices accumulating their gradient") {
   Tensor x = range64({2, 3});
   Tensor idx = from_indices({2, 0, 0, 2, 0}, {5});
