@@ -192,9 +192,7 @@ Tensor slice_rows(const char* op, const Tensor& x, size_t d, size_t start, size_
   });
 }
 
-// index_add: y = zeros(shape); y[.., index[i], ..] += x[.., i, ..] along dim d (repeats add up)
-//   dx = index_select(dy, d, index)
-// out[.., index[i], ..] += x[.., i, ..], out of shape `shape`
+// out[.., index[i], ..] += x[.., i, ..] along dim d
 static void scatter_add_rows(const Tensor& x, const Tensor& out, size_t d, const Tensor& index) {
   const Shape& shape = out.shape();
   const int64_t* idx = index.data_ptr<int64_t>();
@@ -205,6 +203,8 @@ static void scatter_add_rows(const Tensor& x, const Tensor& out, size_t d, const
   });
 }
 
+// index_add: y = zeros(shape); y[.., index[i], ..] += x[.., i, ..] along dim d (repeats add up)
+//   dx = index_select(dy, d, index)
 Tensor index_add(const Tensor& x, const Shape& shape, size_t d, const Tensor& index) {
   check_float("index_add", x);
   Tensor out = zeros(shape, x.dtype());
