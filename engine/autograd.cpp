@@ -92,12 +92,18 @@ static void check_grad_matches(const char* op, const TensorImpl* t, const Tensor
          " for an input of shape ", t->shape, " ", t->dtype);
 }
 
+// A pending gradient may be added into in place when no graph of the backward is being built and
+// the sweep alone holds its buffer (the first contribution is stored as given, so it may be shared).
+static bool pending_is_ours(const TensorImpl* t, bool create_graph) {
+  return !create_graph && t->pending && t->pending->unique();
+}
+
 void accumulate_grad(const char* op, TensorImpl* t, const Tensor& grad, bool create_graph) {
   check_grad_matches(op, t, grad);
   if (t->pending && ExplainGuard::current()) detail::explain_fan_out(t, op, grad);
   if (!t->pending) {
     t->pending = grad.ref();  // the first contribution is stored, not added to zeros
-  } else if (!create_graph && t->pending->unique() && !grad.requires_grad()) {
+  } else if (pending_is_ours(t, create_graph) && !grad.requires_grad()) {
     add_in_place(t->pending.get(), grad);
   } else {
     t->pending = sum_of(Tensor(t->pending), grad).ref();
@@ -122,9 +128,8 @@ uint64_t detail::added_in_place() { return added_in_place_count; }
 
 Tensor Backward::pending_to_add_into(size_t i) const {
   TensorImpl* t = input(i).impl();
-  if (create_graph_ || !t->pending || !t->pending->unique() || DetectAnomalyGuard::is_enabled() ||
-      ExplainGuard::current())
-    return Tensor();
+  if (!pending_is_ours(t, create_graph_) || DetectAnomalyGuard::is_enabled() || ExplainGuard::current())
+    return Tensor();  // explain and anomaly mode see each contribution through add()
   ++added_in_place_count;
   return Tensor(t->pending);
 }

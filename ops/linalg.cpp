@@ -18,9 +18,10 @@ namespace {
 // Products below this many multiply-adds run on one BLAS thread (see gemm). Where splitting one
 // across two threads starts to pay depends on how fast one thread is, so on OpenBLAS's kernels.
 // Measured with W5 ([32,128]·[128,128] products, 5.2·10⁵) at 2 threads: with the AVX-512 kernels
-// (Intel Xeon, "SkylakeX", 29 Nov 2026) splitting them cost 1–14 % and 4·10⁶ was kept; with the
-// AVX2 kernels ("Haswell", AMD EPYC Zen 5, 2 Dec 2026), which take twice as long per product,
-// splitting them saved 15 % of the step (8 alternating runs: 5.38 -> 4.57 ms), so there the line is 4·10⁵.
+// (Intel Xeon, "SkylakeX", 29 Nov 2026) W5's t2/t1 was 0.99–1.14 with them split and 0.97–0.98
+// on one thread, so 4·10⁶ was kept; with the AVX2 kernels ("Haswell", AMD EPYC Zen 5, 2 Dec
+// 2026), which take twice as long per product, splitting them saved 15 % of the step (8
+// alternating runs: 5.38 -> 4.57 ms), so there the line is 4·10⁵.
 double small_product() {
   static const double mnk = [] {
     const std::string core = openblas_get_corename();
