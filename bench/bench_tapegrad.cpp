@@ -8,8 +8,9 @@
 // W2, W3 and W5 update the parameters with optim::SGD in backward (in_backward = true: in W2/W3 the
 // step of each weight is folded into the gemm of its gradient); --sgd-after-backward runs the
 // usual backward() then a separate SGD pass instead.
-// Threads: tapegrad::set_num_threads(N) (which sets OpenBLAS's count); run with
-// OPENBLAS_NUM_THREADS=N in the environment too (scripts/bench does).
+// Threads: tapegrad::set_num_threads(N) (products are cut into blocks that N threads compute, with
+// OpenBLAS on one thread inside each); run with OPENBLAS_NUM_THREADS=N in the environment too
+// (scripts/bench does), as the libtorch program needs it.
 #include <tapegrad/tapegrad.hpp>
 
 #include <optional>
@@ -281,7 +282,7 @@ int main(int argc, char** argv) {
   if (g_opt.w4_child >= 0) return w4_child(g_opt.w4_child == 1);
 
   const char* ob_env = std::getenv("OPENBLAS_NUM_THREADS");
-  std::printf("INFO engine=tapegrad threads=%d openblas_threads=%d OPENBLAS_NUM_THREADS=%s\n", g_opt.threads,
+  std::printf("INFO engine=tapegrad threads=%d tapegrad_threads=%d OPENBLAS_NUM_THREADS=%s\n", g_opt.threads,
               tg::get_num_threads(), ob_env ? ob_env : "unset");
   if (!ob_env || std::atoi(ob_env) != g_opt.threads)
     std::fprintf(stderr, "note: set OPENBLAS_NUM_THREADS=%d in the environment too (WORKLOADS.md, threads)\n",

@@ -9,12 +9,8 @@
 
 #include "dispatch.hpp"
 #include "node.hpp"
+#include "parallel.hpp"
 #include "pool.hpp"
-
-extern "C" {
-void openblas_set_num_threads(int);
-int openblas_get_num_threads(void);
-}
 
 namespace tapegrad {
 
@@ -372,8 +368,8 @@ Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator* gen) {
 
 void set_num_threads(int n) {
   if (n < 1) fail("set_num_threads: need at least 1 thread, got ", n);
-  openblas_set_num_threads(n);
+  detail::set_intra_op_threads(n);
 }
-int get_num_threads() { return openblas_get_num_threads(); }
+int get_num_threads() { return detail::intra_op_threads(); }
 
 }  // namespace tapegrad

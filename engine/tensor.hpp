@@ -170,7 +170,9 @@ Tensor rand(const Shape& shape, TensorOptions opt = {}, Generator* gen = nullptr
 Tensor randn(const Shape& shape, TensorOptions opt = {}, Generator* gen = nullptr);  // N(0,1)
 Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator* gen = nullptr);  // int64
 
-// Intra-op threads: sets OpenBLAS's thread count (tapegrad's own kernels run on one thread).
+// Intra-op threads: products are cut into blocks that this thread and n − 1 helpers compute side by
+// side, each with OpenBLAS on one thread (engine/parallel.hpp). The default is OpenBLAS's default
+// (OPENBLAS_NUM_THREADS, else the number of cores). tapegrad's other kernels run on one thread.
 void set_num_threads(int n);
 int get_num_threads();
 

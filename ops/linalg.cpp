@@ -2,12 +2,7 @@
 // transposed in place when told to, so the backward of a product is two more products.
 #include <cblas.h>
 
-extern "C" {
-void openblas_set_num_threads(int);
-int openblas_get_num_threads(void);
-char* openblas_get_corename(void);
-}
-
+#include "../engine/parallel.hpp"
 #include "kernel.hpp"
 
 namespace tapegrad {
@@ -15,22 +10,32 @@ using namespace kernel;
 
 namespace {
 
-// Products below this many multiply-adds run on one BLAS thread (see gemm). Where splitting one
-// across two threads starts to pay depends on how fast one thread is, so on OpenBLAS's kernels.
-// Measured with W5 ([32,128]·[128,128] products, 5.2·10⁵) at 2 threads: with the AVX-512 kernels
-// (Intel Xeon, "SkylakeX", 29 Nov 2026) W5's t2/t1 was 0.99–1.14 with them split and 0.97–0.98
-// on one thread, so 4·10⁶ was kept; with the AVX2 kernels ("Haswell", AMD EPYC Zen 5, 2 Dec
-// 2026), which take twice as long per product, splitting them saved 15 % of the step (8
-// alternating runs: 5.38 -> 4.57 ms), so there the line is 4·10⁵.
-double small_product() {
-  static const double mnk = [] {
-    const std::string core = openblas_get_corename();
-    return core == "SkylakeX" || core == "Cooperlake" || core == "SapphireRapids" ? 4e6 : 4e5;
-  }();
-  return mnk;
+// C[M,N] = alpha·op(A)·op(B) + beta·C, row-major, where A/B are stored [rows, cols] as given and
+// lda/ldb/ldc are their row strides (so that a block of rows or columns is a gemm of its own).
+template <class T>
+void blas_gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb, size_t ldc,
+               bool ta, bool tb, T beta, T alpha) {
+  auto opA = ta ? CblasTrans : CblasNoTrans, opB = tb ? CblasTrans : CblasNoTrans;
+  auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
+  auto a = static_cast<int>(lda), b = static_cast<int>(ldb), c = static_cast<int>(ldc);
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, opA, opB, m, n, k, alpha, A, a, B, b, beta, C, c);
+  else
+    cblas_dgemm(CblasRowMajor, opA, opB, m, n, k, alpha, A, a, B, b, beta, C, c);
 }
 
-// C[M,N] = alpha·op(A)·op(B) + beta·C, row-major, where A/B are stored [rows, cols] as given.
+// Products of fewer multiply-adds run whole on the calling thread: handing half of one to a
+// helper costs about half a microsecond, and these take two or three on one AVX2 core.
+constexpr double kSplitProduct = 1e5;
+// Blocks are whole multiples of this many rows (or columns), so BLAS's register tiles stay full.
+constexpr size_t kBlockQuantum = 16;
+
+// C = alpha·op(A)·op(B) + beta·C. At n threads (set_num_threads) a product is cut into up to n
+// blocks of C's rows, or of its columns when C is wider than tall, one single-threaded BLAS call
+// each, run side by side (detail::run_parts). The blocks depend on the thread count alone, not on
+// whether the helpers were free, so a result is the same at that count every time; in float64 it is
+// also that of one thread bit for bit, while float32 kernels may sum a block in another order
+// (tests/test_linalg.cpp).
 template <class T>
 void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, bool tb, T beta, T alpha = T(1)) {
   if (M == 0 || N == 0) return;
@@ -38,19 +43,21 @@ void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, b
     for (size_t i = 0; i < M * N; ++i) C[i] = beta == T(0) ? T(0) : beta * C[i];
     return;
   }
-  auto lda = static_cast<int>(ta ? M : K), ldb = static_cast<int>(tb ? K : N);
-  auto opA = ta ? CblasTrans : CblasNoTrans, opB = tb ? CblasTrans : CblasNoTrans;
-  auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
-  // A small product split across threads costs more in hand-offs than it gains (small_product);
-  // OpenBLAS itself only keeps products under 2.6·10⁵ on one thread.
-  const int threads = openblas_get_num_threads();
-  const bool one = threads > 1 && double(M) * double(N) * double(K) < small_product();
-  if (one) openblas_set_num_threads(1);
-  if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, opA, opB, m, n, k, alpha, A, lda, B, ldb, beta, C, n);
-  else
-    cblas_dgemm(CblasRowMajor, opA, opB, m, n, k, alpha, A, lda, B, ldb, beta, C, n);
-  if (one) openblas_set_num_threads(threads);
+  const size_t lda = ta ? M : K, ldb = tb ? K : N;
+  const bool by_rows = M >= N;
+  const size_t cut = by_rows ? M : N;  // the dimension cut into blocks
+  size_t parts = double(M) * double(N) * double(K) < kSplitProduct ? 1 : size_t(detail::intra_op_threads());
+  const size_t quanta = cut / kBlockQuantum, per_part = parts > 1 && quanta > 1 ? (quanta + parts - 1) / parts : 0;
+  if (per_part == 0) return blas_gemm<T>(A, B, C, M, N, K, lda, ldb, N, ta, tb, beta, alpha);
+  parts = (quanta + per_part - 1) / per_part;  // blocks of per_part quanta; the last takes the rest
+  const size_t step = per_part * kBlockQuantum;
+  detail::run_parts(int(parts), [&](int k) {
+    const size_t lo = size_t(k) * step, len = size_t(k) + 1 == parts ? cut - lo : step;
+    if (by_rows)  // rows lo.. of C are rows lo.. of op(A)
+      blas_gemm<T>(ta ? A + lo : A + lo * lda, B, C + lo * N, len, N, K, lda, ldb, N, ta, tb, beta, alpha);
+    else  // columns lo.. of C are columns lo.. of op(B)
+      blas_gemm<T>(A, tb ? B + lo * ldb : B + lo, C + lo, M, len, K, lda, ldb, N, ta, tb, beta, alpha);
+  });
 }
 
 std::string op_str(const Shape& s, bool t) { return s.str() + (t ? "ᵀ" : ""); }

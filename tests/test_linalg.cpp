@@ -4,6 +4,7 @@
 #include <functional>
 #include <tuple>
 
+#include "engine/parallel.hpp"
 #include "helpers.hpp"
 
 using namespace tapegrad;
@@ -232,21 +233,66 @@ TEST_CASE("linalg: errors name the op and the shapes") {
   CHECK_THROWS_WITH_AS(linear(scalar_tensor(1.0), W), doctest::Contains("linear: shapes x []"), Error);
 }
 
-TEST_CASE("linalg: small products run on one BLAS thread and leave the thread count as it was") {
+// At n threads (set_num_threads) a product of 10⁵ multiply-adds or more is cut into blocks of its
+// output's rows, or columns when it is wider than tall, in multiples of 16, computed side by side
+// (ops/linalg.cpp). In float64 the values and gradients are those of one thread bit for bit; in
+// float32 OpenBLAS may sum a block in another order than the whole (seen: up to 4 ulps).
+TEST_CASE("linalg: at 2 threads products are cut into blocks, with the values and gradients of 1 thread") {
   const int before = get_num_threads();
-  set_num_threads(2);
-  Tensor a = leaf64({3, 4}, 1), b = leaf64({4, 2}, 2);
-  Tensor c = mm(a, b);  // 24 multiply-adds: under the one-thread threshold
-  sum(c).backward();
-  CHECK(get_num_threads() == 2);
-  std::vector<double> av = a.to_vector(), bv = b.to_vector(), cv = c.to_vector();
-  for (size_t i = 0; i < 3; ++i)
-    for (size_t j = 0; j < 2; ++j) {
-      double want = 0;
-      for (size_t k = 0; k < 4; ++k) want += av[i * 4 + k] * bv[k * 2 + j];
-      CHECK(cv[i * 2 + j] == doctest::Approx(want).epsilon(1e-14));
-    }
+  struct Case { size_t M, K, N; };
+  const std::vector<Case> cases = {
+      {64, 48, 40},   // C by rows: 2 blocks of 32
+      {20, 64, 96},   // C by columns: 2 blocks of 48
+      {37, 70, 53},   // C by columns, 32 + 21
+      {130, 40, 24},  // C by rows, 64 + 66 (the last block takes the rest)
+      {8, 600, 24},   // 115,200 multiply-adds: C [8,24] has no 16 rows or columns to spare, dA and dB do
+      {30, 40, 50},   // 60,000 multiply-adds: under the threshold, nothing is cut
+  };
+  for (Dtype dt : {kFloat32, kFloat64})
+    for (const Case& c : cases)
+      for (int flags = 0; flags < 4; ++flags) {
+        const bool ta = flags & 1, tb = flags & 2;
+        CAPTURE(c.M); CAPTURE(c.K); CAPTURE(c.N); CAPTURE(ta); CAPTURE(tb); CAPTURE(std::string(dtype_name(dt)));
+        std::vector<double> av = leaf64(ta ? Shape{c.K, c.M} : Shape{c.M, c.K}, 7).to_vector();
+        std::vector<double> bv = leaf64(tb ? Shape{c.N, c.K} : Shape{c.K, c.N}, 8).to_vector();
+        std::vector<double> wv = leaf64({c.M, c.N}, 9).to_vector();
+        // value, and gradients through a product whose output is used twice (dA, dB accumulate)
+        auto run = [&](int threads) {
+          set_num_threads(threads);
+          Tensor a = from_vector(av, ta ? Shape{c.K, c.M} : Shape{c.M, c.K}, dtype(dt).requires_grad());
+          Tensor b = from_vector(bv, tb ? Shape{c.N, c.K} : Shape{c.K, c.N}, dtype(dt).requires_grad());
+          Tensor w = from_vector(wv, {c.M, c.N}, dt);
+          Tensor y = mm(a, b, ta, tb);
+          (sum(y * w) + sum(mm(a, b, ta, tb))).backward();
+          return std::vector<std::vector<double>>{y.to_vector(), a.grad().to_vector(), b.grad().to_vector()};
+        };
+        auto one = run(1);
+        const unsigned long long jobs0 = detail::parallel_jobs();
+        auto two = run(2);
+        // Two products forward; backward, dA [M,K] and dB [K,N] of each. All have M·K·N multiply-adds.
+        const bool big = double(c.M * c.K * c.N) >= 1e5;
+        auto cut = [&](size_t rows, size_t cols) { return big && std::max(rows, cols) >= 32 ? 2u : 0u; };
+        CHECK(detail::parallel_jobs() - jobs0 == cut(c.M, c.N) + cut(c.M, c.K) + cut(c.K, c.N));
+        for (size_t q = 0; q < 3; ++q) {
+          CAPTURE(q);
+          REQUIRE(two[q].size() == one[q].size());
+          if (dt == kFloat64) {
+            CHECK(two[q] == one[q]);
+            continue;
+          }
+          double scale = 0, worst = 0;
+          for (double x : one[q]) scale = std::max(scale, std::fabs(x));
+          for (size_t i = 0; i < one[q].size(); ++i) worst = std::max(worst, std::fabs(two[q][i] - one[q][i]));
+          CHECK(worst <= 1e-6 * scale);  // some 16 float32 ulps of the largest entry: sums over K rounded apart
+        }
+        std::vector<double> want = ref_mm(av, bv, c.M, c.K, c.N, ta, tb);
+        if (dt == kFloat32)
+          for (double& x : want) x = double(float(x));
+        check_values(from_vector(two[0], {c.M, c.N}, kFloat64), want, dt == kFloat32 ? 1e-4 : 1e-12);
+      }
   set_num_threads(before);
+  CHECK(get_num_threads() == before);
+  CHECK_THROWS_WITH_AS(set_num_threads(0), doctest::Contains("set_num_threads: need at least 1 thread, got 0"), Error);
 }
 
 // Backward::add_into: a weight that several products use gets its gradient summed by the gemms

@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "engine/parallel.hpp"
 #include "helpers.hpp"
 
 using namespace tapegrad;
@@ -217,6 +218,80 @@ TEST_CASE("threads: independent graphs on 4 threads give exactly the sequential 
     CHECK(parallel[i] == sequential[i]);
   }
   CHECK(refs(shared) == 1);
+}
+
+// engine/parallel.cpp: the helpers take parts of one caller's job at a time; a caller that finds
+// them busy runs its parts itself. Every part must run exactly once, whoever runs it.
+TEST_CASE("threads: run_parts runs every part exactly once, with callers on 4 threads at once") {
+  const int before = get_num_threads();
+  set_num_threads(3);  // two helpers
+  auto jobs = [](int count, uint64_t seed) {
+    uint64_t bad = 0;
+    for (int j = 0; j < count; ++j) {
+      const int parts = 2 + int((seed + uint64_t(j) * 7) % 6);
+      std::vector<int> hits(size_t(parts), 0);  // plain ints: parts write disjoint memory
+      detail::run_parts(parts, [&](int k) { hits[size_t(k)] += 1 + k; });
+      for (int k = 0; k < parts; ++k) bad += hits[size_t(k)] != 1 + k;
+    }
+    return bad;
+  };
+  const unsigned long long jobs0 = detail::parallel_jobs();
+  CHECK(jobs(500, 1) == 0);
+  CHECK(detail::parallel_jobs() - jobs0 == 500);  // alone, every job went to the helpers
+  std::vector<uint64_t> bad(4, 1);
+  std::latch start(4);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < 4; ++i)
+    threads.emplace_back([&, i] {
+      start.arrive_and_wait();
+      bad[i] = jobs(3000, i);
+    });
+  for (auto& t : threads) t.join();
+  CHECK(bad == std::vector<uint64_t>(4, 0));
+  set_num_threads(1);  // no helper takes part: the caller runs all
+  const unsigned long long jobs1 = detail::parallel_jobs();
+  CHECK(jobs(50, 2) == 0);
+  CHECK(detail::parallel_jobs() == jobs1);
+  set_num_threads(before);
+}
+
+// Products large enough to be cut into blocks (ops/linalg.cpp), from several threads at once: one
+// thread's blocks run on the helpers, the others' on their own thread; all are the 1-thread values.
+TEST_CASE("threads: products cut into blocks while 4 threads train their own graphs") {
+  const int before = get_num_threads();
+  auto workload = [](uint64_t seed) {
+    Tensor W = leaf64({64, 48}, seed), V = leaf64({48, 40}, seed + 1);
+    Tensor x = leaf64({96, 64}, seed + 2);
+    x.requires_grad_(false);
+    std::vector<double> out;
+    for (int rep = 0; rep < 5; ++rep) {
+      Tensor loss = sum(tanh(matmul(tanh(matmul(x, W)), V)));
+      loss.backward();
+      for (Tensor* p : {&W, &V}) {
+        std::vector<double> g = p->grad().to_vector();
+        out.insert(out.end(), g.begin(), g.end());
+        NoGradGuard no_grad;
+        auto v = p->mutable_value<double>();
+        v -= 0.01 * p->grad().value<double>();
+        p->zero_grad();
+      }
+    }
+    return out;
+  };
+  set_num_threads(1);
+  std::vector<std::vector<double>> sequential, parallel(4);
+  for (uint64_t i = 0; i < 4; ++i) sequential.push_back(workload(10 * i + 3));
+  set_num_threads(2);
+  std::latch start(4);
+  std::vector<std::thread> threads;
+  for (uint64_t i = 0; i < 4; ++i)
+    threads.emplace_back([&, i] {
+      start.arrive_and_wait();
+      parallel[i] = workload(10 * i + 3);
+    });
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < 4; ++i) CHECK(parallel[i] == sequential[i]);
+  set_num_threads(before);
 }
 
 TEST_CASE("threads: grad mode is per thread") {

@@ -1,0 +1,139 @@
+#include "parallel.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+extern "C" {
+void openblas_set_num_threads(int);
+int openblas_get_num_threads(void);
+}
+
+namespace tapegrad::detail {
+namespace {
+
+void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// One job at a time: its id, part count and next unclaimed part live in one 64-bit word, so a
+// claim is a single compare-and-swap and a helper late from an earlier job can never claim a
+// part of the next one (the id differs). A helper reads part/ctx only after claiming a part; the
+// caller changes them only after every part of its job has reported done, so they stay put.
+struct Team {
+  std::mutex use;                       // held by the thread whose job this is
+  std::atomic<uint64_t> job{0};         // id << 32 | parts << 16 | next part
+  std::atomic<int> done{0};             // parts of the current job that have run
+  void (*part)(const void*, int) = nullptr;
+  const void* ctx = nullptr;
+  std::atomic<int> active{0};           // helpers that take part (set_num_threads − 1)
+  std::atomic<int> sleepers{0};         // helpers blocked on `wake`
+  std::atomic<uint32_t> wake{0};        // bumped to wake sleeping helpers
+  std::vector<std::thread> helpers;     // grows, never shrinks; helpers beyond `active` sleep
+  uint32_t last_id = 0;
+
+  static bool open(uint64_t j) { return (j & 0xffff) < ((j >> 16) & 0xffff); }
+
+  // Claims and runs parts of the current job until none is left.
+  void work() {
+    uint64_t j = job.load(std::memory_order_acquire);
+    while (open(j))
+      if (job.compare_exchange_weak(j, j + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        part(ctx, int(j & 0xffff));
+        done.fetch_add(1, std::memory_order_release);
+        j = job.load(std::memory_order_acquire);
+      }
+  }
+
+  // A helper spins a little after its last part, since products come in bursts (W5 runs 384 a
+  // step, microseconds apart), then sleeps so an idle process leaves the core alone.
+  void helper_loop(int index) {
+    using clock = std::chrono::steady_clock;
+    constexpr auto kSpin = std::chrono::microseconds(300);
+    auto last = clock::now();
+    for (int i = 0;; ++i) {
+      if (index < active.load(std::memory_order_relaxed) && open(job.load(std::memory_order_acquire))) {
+        work();
+        last = clock::now();
+        i = 0;
+        continue;
+      }
+      cpu_relax();
+      if (i % 64 != 63 || clock::now() - last < kSpin) continue;
+      // Dekker with run_parts: we count ourselves a sleeper, then look for work; it publishes work,
+      // then looks for sleepers (all seq_cst), so one of us sees the other.
+      uint32_t w = wake.load();
+      sleepers.fetch_add(1);
+      if (!(index < active.load() && open(job.load()))) wake.wait(w);
+      sleepers.fetch_sub(1);
+      last = clock::now();
+    }
+  }
+};
+
+Team& team() {
+  static Team* t = new Team;  // never destroyed: helpers may still be asleep at exit
+  return *t;
+}
+
+thread_local unsigned long long jobs_handed = 0;
+
+std::atomic<int>& threads_set() {
+  static std::atomic<int> n{0};  // 0: not set yet
+  return n;
+}
+
+}  // namespace
+
+int intra_op_threads() {
+  if (int n = threads_set().load(std::memory_order_acquire)) return n;
+  static const int first = [] {
+    int n = openblas_get_num_threads();
+    set_intra_op_threads(n < 1 ? 1 : n);
+    return 0;
+  }();
+  (void)first;
+  return threads_set().load(std::memory_order_acquire);
+}
+
+void set_intra_op_threads(int n) {
+  Team& t = team();
+  std::lock_guard<std::mutex> lock(t.use);  // no job is running
+  openblas_set_num_threads(1);
+  while (int(t.helpers.size()) < n - 1) {
+    int index = int(t.helpers.size());
+    t.helpers.emplace_back([&t, index] { t.helper_loop(index); });
+    t.helpers.back().detach();
+  }
+  t.active.store(n - 1);
+  threads_set().store(n, std::memory_order_release);
+}
+
+unsigned long long parallel_jobs() { return jobs_handed; }
+
+void run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx) {
+  Team& t = team();
+  std::unique_lock<std::mutex> lock(t.use, std::try_to_lock);
+  if (parts <= 1 || parts > 0xffff || !lock.owns_lock() || t.active.load() == 0) {
+    for (int k = 0; k < parts; ++k) part(ctx, k);
+    return;
+  }
+  ++jobs_handed;
+  t.part = part;
+  t.ctx = ctx;
+  t.done.store(0, std::memory_order_relaxed);
+  t.job.store(uint64_t(++t.last_id) << 32 | uint64_t(parts) << 16);  // seq_cst: publishes part, ctx
+  if (t.sleepers.load() > 0) {
+    t.wake.fetch_add(1);
+    t.wake.notify_all();
+  }
+  t.work();
+  while (t.done.load(std::memory_order_acquire) < parts) cpu_relax();
+}
+
+}  // namespace tapegrad::detail

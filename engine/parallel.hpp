@@ -1,0 +1,28 @@
+// tapegrad's intra-op threads. At set_num_threads(n), a kernel may cut its work into parts that the
+// calling thread and n − 1 helper threads run side by side (ops/linalg.cpp cuts a product into
+// blocks of rows or columns). BLAS itself then runs on one thread inside each part: two thread
+// pools on two cores would take turns spinning (bench/README.md, "What bounds W5").
+#pragma once
+
+namespace tapegrad::detail {
+
+// The thread count set_num_threads set; until then OpenBLAS's own default (OPENBLAS_NUM_THREADS or
+// the number of cores), after which OpenBLAS is put on one thread.
+int intra_op_threads();
+void set_intra_op_threads(int n);
+
+// Runs part(ctx, k) for every k in [0, parts) and returns when all have run. The caller runs parts
+// too and never waits for a helper to wake: it takes any part no helper has taken yet. When the
+// helpers are busy with another thread's work, the caller runs every part itself. A part must not
+// throw, and parts must write disjoint memory.
+void run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx);
+
+// Jobs of two parts or more this thread has handed to the helpers (for tests).
+unsigned long long parallel_jobs();
+
+template <class F>
+void run_parts(int parts, const F& part) {
+  run_parts(parts, [](const void* f, int k) { (*static_cast<const F*>(f))(k); }, &part);
+}
+
+}  // namespace tapegrad::detail
