@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <thread>
@@ -32,17 +33,28 @@ struct Team {
   void (*part)(const void*, int) = nullptr;
   const void* ctx = nullptr;
   std::atomic<int> active{0};           // helpers that take part (set_num_threads − 1)
-  std::atomic<int> sleepers{0};         // helpers blocked on `wake`
-  std::atomic<uint32_t> wake{0};        // bumped to wake sleeping helpers
+  std::atomic<int> sleepers{0};         // helpers asleep on `wake`
+  std::mutex sleep;                     // guards wake_seq
+  std::condition_variable wake;
+  uint64_t wake_seq = 0;                // bumped to wake sleeping helpers
   std::vector<std::thread> helpers;     // grows, never shrinks; helpers beyond `active` sleep
   uint32_t last_id = 0;
 
+  void wake_all() {
+    {
+      std::lock_guard<std::mutex> lock(sleep);
+      ++wake_seq;
+    }
+    wake.notify_all();
+  }
+
   static bool open(uint64_t j) { return (j & 0xffff) < ((j >> 16) & 0xffff); }
 
-  // Claims and runs parts of the current job until none is left.
-  void work() {
+  // Claims and runs parts of the current job until none is left (or, for helper `index`, until it
+  // no longer takes part).
+  void work(int index = -1) {
     uint64_t j = job.load(std::memory_order_acquire);
-    while (open(j))
+    while (open(j) && index < active.load(std::memory_order_relaxed))
       if (job.compare_exchange_weak(j, j + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
         part(ctx, int(j & 0xffff));
         done.fetch_add(1, std::memory_order_release);
@@ -56,9 +68,9 @@ struct Team {
     using clock = std::chrono::steady_clock;
     constexpr auto kSpin = std::chrono::microseconds(300);
     auto last = clock::now();
-    for (int i = 0;; ++i) {
+    for (unsigned i = 0;; ++i) {
       if (index < active.load(std::memory_order_relaxed) && open(job.load(std::memory_order_acquire))) {
-        work();
+        work(index);
         last = clock::now();
         i = 0;
         continue;
@@ -67,11 +79,17 @@ struct Team {
       if (i % 64 != 63 || clock::now() - last < kSpin) continue;
       // Dekker with run_parts: we count ourselves a sleeper, then look for work; it publishes work,
       // then looks for sleepers (all seq_cst), so one of us sees the other.
-      uint32_t w = wake.load();
-      sleepers.fetch_add(1);
-      if (!(index < active.load() && open(job.load()))) wake.wait(w);
-      sleepers.fetch_sub(1);
+      // (A helper beyond `active` is not counted: set_intra_op_threads wakes it.)
+      {
+        std::unique_lock<std::mutex> lock(sleep);
+        const uint64_t seen = wake_seq;
+        const bool taking_part = index < active.load();
+        if (taking_part) sleepers.fetch_add(1);
+        if (!(taking_part && open(job.load()))) wake.wait(lock, [&] { return wake_seq != seen; });
+        if (taking_part) sleepers.fetch_sub(1);
+      }
       last = clock::now();
+      i = 0;
     }
   }
 };
@@ -81,7 +99,7 @@ Team& team() {
   return *t;
 }
 
-thread_local unsigned long long jobs_handed = 0;
+thread_local unsigned long long jobs_cut = 0;
 
 std::atomic<int>& threads_set() {
   static std::atomic<int> n{0};  // 0: not set yet
@@ -111,27 +129,25 @@ void set_intra_op_threads(int n) {
     t.helpers.back().detach();
   }
   t.active.store(n - 1);
+  t.wake_all();  // helpers asleep see the new count
   threads_set().store(n, std::memory_order_release);
 }
 
-unsigned long long parallel_jobs() { return jobs_handed; }
+unsigned long long parallel_jobs() { return jobs_cut; }
 
 void run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx) {
   Team& t = team();
-  std::unique_lock<std::mutex> lock(t.use, std::try_to_lock);
-  if (parts <= 1 || parts > 0xffff || !lock.owns_lock() || t.active.load() == 0) {
+  if (parts >= 2) ++jobs_cut;
+  std::unique_lock<std::mutex> lock(t.use, std::defer_lock);
+  if (parts <= 1 || parts > 0xffff || !lock.try_lock() || t.active.load() == 0) {
     for (int k = 0; k < parts; ++k) part(ctx, k);
     return;
   }
-  ++jobs_handed;
   t.part = part;
   t.ctx = ctx;
   t.done.store(0, std::memory_order_relaxed);
   t.job.store(uint64_t(++t.last_id) << 32 | uint64_t(parts) << 16);  // seq_cst: publishes part, ctx
-  if (t.sleepers.load() > 0) {
-    t.wake.fetch_add(1);
-    t.wake.notify_all();
-  }
+  if (t.sleepers.load() > 0) t.wake_all();
   t.work();
   while (t.done.load(std::memory_order_acquire) < parts) cpu_relax();
 }

@@ -17,7 +17,7 @@ void set_intra_op_threads(int n);
 // throw, and parts must write disjoint memory.
 void run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx);
 
-// Jobs of two parts or more this thread has handed to the helpers (for tests).
+// Jobs of two parts or more this thread has run, with helpers or alone (for tests).
 unsigned long long parallel_jobs();
 
 template <class F>
