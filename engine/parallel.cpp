@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
-#include <vector>
 
 extern "C" {
 void openblas_set_num_threads(int);
@@ -37,7 +36,7 @@ struct Team {
   std::mutex sleep;                     // guards wake_seq
   std::condition_variable wake;
   uint64_t wake_seq = 0;                // bumped to wake sleeping helpers
-  std::vector<std::thread> helpers;     // grows, never shrinks; helpers beyond `active` sleep
+  int helpers = 0;                      // started (detached); never fewer: those beyond `active` sleep
   uint32_t last_id = 0;
 
   void wake_all() {
@@ -123,11 +122,7 @@ void set_intra_op_threads(int n) {
   Team& t = team();
   std::lock_guard<std::mutex> lock(t.use);  // no job is running
   openblas_set_num_threads(1);
-  while (int(t.helpers.size()) < n - 1) {
-    int index = int(t.helpers.size());
-    t.helpers.emplace_back([&t, index] { t.helper_loop(index); });
-    t.helpers.back().detach();
-  }
+  for (; t.helpers < n - 1; ++t.helpers) std::thread([&t, index = t.helpers] { t.helper_loop(index); }).detach();
   t.active.store(n - 1);
   t.wake_all();  // helpers asleep see the new count
   threads_set().store(n, std::memory_order_release);
