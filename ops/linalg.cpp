@@ -4,6 +4,7 @@
 
 #include "../engine/parallel.hpp"
 #include "kernel.hpp"
+#include "sgemm.hpp"
 
 namespace tapegrad {
 using namespace kernel;
@@ -12,9 +13,12 @@ namespace {
 
 // C[M,N] = alpha·op(A)·op(B) + beta·C, row-major, where A/B are stored [rows, cols] as given and
 // lda/ldb/ldc are their row strides (so that a block of rows or columns is a gemm of its own).
+// float32 products with K ≤ 512 run on tapegrad's own kernel (ops/sgemm.cpp), the rest on BLAS.
 template <class T>
-void blas_gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb, size_t ldc,
-               bool ta, bool tb, T beta, T alpha) {
+void gemm_block(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb, size_t ldc,
+                bool ta, bool tb, T beta, T alpha) {
+  if constexpr (std::is_same_v<T, float>)
+    if (kernel::sgemm(A, B, C, M, N, K, lda, ldb, ldc, ta, tb, alpha, beta)) return;
   auto opA = ta ? CblasTrans : CblasNoTrans, opB = tb ? CblasTrans : CblasNoTrans;
   auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
   auto a = static_cast<int>(lda), b = static_cast<int>(ldb), c = static_cast<int>(ldc);
@@ -27,15 +31,15 @@ void blas_gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, size_
 // Products of fewer multiply-adds run whole on the calling thread: handing half of one to a
 // helper costs about half a microsecond, and these take two or three on one AVX2 core.
 constexpr double kSplitProduct = 1e5;
-// Blocks are whole multiples of this many rows (or columns), so BLAS's register tiles stay full.
+// Blocks are whole multiples of this many rows (or columns), so the kernels' register tiles stay full.
 constexpr size_t kBlockQuantum = 16;
 
 // C = alpha·op(A)·op(B) + beta·C. At n threads (set_num_threads) a product is cut into up to n
-// blocks of C's rows, or of its columns when C is wider than tall, one single-threaded BLAS call
+// blocks of C's rows, or of its columns when C is wider than tall, one single-threaded gemm_block
 // each, run side by side (detail::run_parts). The blocks depend on the thread count alone, not on
-// whether the helpers were free, so a result is the same at that count every time; in float64 it is
-// also that of one thread bit for bit, while float32 kernels may sum a block in another order
-// (tests/test_linalg.cpp).
+// whether the helpers were free, so a result is the same at that count every time; in float64, and
+// in float32 on tapegrad's own kernel, it is also that of one thread bit for bit, while OpenBLAS's
+// float32 kernels may sum a block in another order (tests/test_linalg.cpp).
 template <class T>
 void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, bool tb, T beta, T alpha = T(1)) {
   if (M == 0 || N == 0) return;
@@ -48,15 +52,15 @@ void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, b
   const size_t cut = by_rows ? M : N;  // the dimension cut into blocks
   size_t parts = double(M) * double(N) * double(K) < kSplitProduct ? 1 : size_t(detail::intra_op_threads());
   const size_t quanta = cut / kBlockQuantum, per_part = parts > 1 && quanta > 1 ? (quanta + parts - 1) / parts : 0;
-  if (per_part == 0) return blas_gemm<T>(A, B, C, M, N, K, lda, ldb, N, ta, tb, beta, alpha);
+  if (per_part == 0) return gemm_block<T>(A, B, C, M, N, K, lda, ldb, N, ta, tb, beta, alpha);
   parts = (quanta + per_part - 1) / per_part;  // blocks of per_part quanta; the last takes the rest
   const size_t step = per_part * kBlockQuantum;
   detail::run_parts(int(parts), [&](int k) {
     const size_t lo = size_t(k) * step, len = size_t(k) + 1 == parts ? cut - lo : step;
     if (by_rows)  // rows lo.. of C are rows lo.. of op(A)
-      blas_gemm<T>(ta ? A + lo : A + lo * lda, B, C + lo * N, len, N, K, lda, ldb, N, ta, tb, beta, alpha);
+      gemm_block<T>(ta ? A + lo : A + lo * lda, B, C + lo * N, len, N, K, lda, ldb, N, ta, tb, beta, alpha);
     else  // columns lo.. of C are columns lo.. of op(B)
-      blas_gemm<T>(A, tb ? B + lo * ldb : B + lo, C + lo, M, len, K, lda, ldb, N, ta, tb, beta, alpha);
+      gemm_block<T>(A, tb ? B + lo * ldb : B + lo, C + lo, M, len, K, lda, ldb, N, ta, tb, beta, alpha);
   });
 }
 

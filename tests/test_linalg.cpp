@@ -1,11 +1,15 @@
 // Linear algebra: matmul (2-D, batched 3-D·3-D, 3-D·2-D), mm with every transpose flag, linear
 // with/without bias and with 3-D input — values against explicit loops, float64 gradcheck of
 // each and of its backward, the affine layer's hand-derived dW, db, dx, fan-out, and errors.
+#include <cmath>
 #include <functional>
+#include <limits>
+#include <random>
 #include <tuple>
 
 #include "engine/parallel.hpp"
 #include "helpers.hpp"
+#include "ops/sgemm.hpp"
 
 using namespace tapegrad;
 
@@ -293,6 +297,112 @@ TEST_CASE("linalg: at 2 threads products are cut into blocks, with the values an
   set_num_threads(before);
   CHECK(get_num_threads() == before);
   CHECK_THROWS_WITH_AS(set_num_threads(0), doctest::Contains("set_num_threads: need at least 1 thread, got 0"), Error);
+}
+
+// Whether this build compiled tapegrad's own float32 kernel (ops/sgemm.cpp: AVX2 and FMA).
+constexpr bool kHasSgemm =
+#if defined(__AVX2__) && defined(__FMA__)
+    true;
+#else
+    false;
+#endif
+
+// The kernel alone, against sums in double: C = alpha·op(A)·op(B) + beta·C for tiles of 1–6 rows
+// and more, panels of 16 columns and parts of one, K with and without a tail of the 8×8 transpose,
+// operands read in place with row strides wider than the matrix (the gaps hold NaN, so a read of one
+// shows), and beta = 0 over a C of NaN (C must not be read).
+TEST_CASE("linalg: sgemm, tapegrad's float32 kernel, against double sums: tiles, panels, strides, alpha and beta") {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+  struct AB { float alpha, beta; };
+  const std::vector<AB> scalars = {{1.0f, 0.0f}, {1.0f, 1.0f}, {-0.01f, 0.999f}};
+  size_t cases = 0;
+  for (size_t M : {1, 2, 5, 6, 7, 13, 32})
+    for (size_t N : {1, 15, 16, 17, 40, 128})
+      for (size_t K : {1, 7, 8, 9, 70, 512})
+        for (int flags = 0; flags < 4; ++flags)
+          for (const AB& s : scalars) {
+            const bool ta = flags & 1, tb = flags & 2;
+            const size_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+            const size_t lda = ac + 3, ldb = bc + 1, ldc = N + 2;
+            std::vector<float> A(ar * lda, nan), B(br * ldb, nan), C(M * ldc, nan);
+            for (size_t r = 0; r < ar; ++r)
+              for (size_t c = 0; c < ac; ++c) A[r * lda + c] = U(rng);
+            for (size_t r = 0; r < br; ++r)
+              for (size_t c = 0; c < bc; ++c) B[r * ldb + c] = U(rng);
+            if (s.beta != 0.0f)
+              for (size_t i = 0; i < M; ++i)
+                for (size_t j = 0; j < N; ++j) C[i * ldc + j] = U(rng);
+            const std::vector<float> C0 = C;
+            const unsigned long long calls0 = detail::sgemm_calls();
+            const bool ran = kernel::sgemm(A.data(), B.data(), C.data(), M, N, K, lda, ldb, ldc, ta, tb, s.alpha, s.beta);
+            CAPTURE(M); CAPTURE(N); CAPTURE(K); CAPTURE(ta); CAPTURE(tb); CAPTURE(s.alpha); CAPTURE(s.beta);
+            REQUIRE(ran == kHasSgemm);
+            CHECK(detail::sgemm_calls() - calls0 == (kHasSgemm ? 1u : 0u));
+            if (!ran) continue;
+            ++cases;
+            size_t bad = 0;
+            for (size_t i = 0; i < M; ++i) {
+              for (size_t j = 0; j < N; ++j) {
+                double sum = 0, size = 0;  // size: Σ|a·b|, what the rounding error of the sum scales with
+                for (size_t k = 0; k < K; ++k) {
+                  double a = A[ta ? k * lda + i : i * lda + k], b = B[tb ? j * ldb + k : k * ldb + j];
+                  sum += a * b;
+                  size += std::fabs(a * b);
+                }
+                const double c0 = s.beta != 0.0f ? double(C0[i * ldc + j]) : 0.0;
+                const double want = double(s.alpha) * sum + double(s.beta) * c0;
+                const double tol = double(K + 2) * 6e-8 * (std::fabs(double(s.alpha)) * size + std::fabs(c0)) + 1e-30;
+                const double got = C[i * ldc + j];
+                if (!(std::fabs(got - want) <= tol)) ++bad;
+              }
+              for (size_t j = N; j < ldc; ++j) bad += !std::isnan(C[i * ldc + j]);  // the gaps stay unwritten
+            }
+            CHECK(bad == 0);
+          }
+  CHECK(cases == (kHasSgemm ? 7u * 6u * 6u * 4u * 3u : 0u));
+  // Longer inner dimensions are left to BLAS: nothing is written.
+  std::vector<float> A(2 * 513, 1.0f), B(513 * 3, 1.0f), C(6, 5.0f);
+  CHECK_FALSE(kernel::sgemm(A.data(), B.data(), C.data(), 2, 3, 513, 513, 3, 3, false, false, 1.0f, 0.0f));
+  CHECK(C == std::vector<float>(6, 5.0f));
+}
+
+// Through mm: float32 products with K ≤ 512 run on the kernel, longer ones and float64 on BLAS; and
+// a float32 product cut into blocks at 2 threads has the value of 1 thread bit for bit, since each
+// entry is summed over k in the same order whichever thread ran its block.
+TEST_CASE("linalg: float32 mm runs tapegrad's kernel for K <= 512, BLAS beyond; at 2 threads its values are 1 thread's") {
+  const int before = get_num_threads();
+  auto calls_for = [](size_t M, size_t K, size_t N, Dtype dt) {
+    Tensor a = from_vector(leaf64({M, K}, 3).to_vector(), {M, K}, dt);
+    Tensor b = from_vector(leaf64({K, N}, 4).to_vector(), {K, N}, dt);
+    const unsigned long long calls0 = detail::sgemm_calls();
+    Tensor c = mm(a, b);
+    check_values(c, ref_mm(a.to_vector(), b.to_vector(), M, K, N), dt == kFloat32 ? 1e-4 : 1e-12);
+    return detail::sgemm_calls() - calls0;
+  };
+  CHECK(calls_for(32, 512, 128, kFloat32) == (kHasSgemm ? 1u : 0u));
+  CHECK(calls_for(32, 513, 128, kFloat32) == 0u);
+  CHECK(calls_for(32, 128, 128, kFloat64) == 0u);
+  for (int flags = 0; flags < 4; ++flags) {
+    const bool ta = flags & 1, tb = flags & 2;
+    CAPTURE(ta); CAPTURE(tb);
+    const size_t M = 32, K = 128, N = 128;  // 524,288 multiply-adds: cut into 2 blocks of columns
+    std::vector<double> av = leaf64(ta ? Shape{K, M} : Shape{M, K}, 5).to_vector();
+    std::vector<double> bv = leaf64(tb ? Shape{N, K} : Shape{K, N}, 6).to_vector();
+    auto run = [&](int threads) {
+      set_num_threads(threads);
+      Tensor a = from_vector(av, ta ? Shape{K, M} : Shape{M, K}, kFloat32);
+      Tensor b = from_vector(bv, tb ? Shape{N, K} : Shape{K, N}, kFloat32);
+      return mm(a, b, ta, tb).to_vector();
+    };
+    const std::vector<double> one = run(1);
+    const unsigned long long jobs0 = detail::parallel_jobs();
+    const std::vector<double> two = run(2);
+    CHECK(detail::parallel_jobs() - jobs0 == 1u);
+    if (kHasSgemm) CHECK(two == one);
+  }
+  set_num_threads(before);
 }
 
 // Backward::add_into: a weight that several products use gets its gradient summed by the gemms
