@@ -13,12 +13,12 @@ namespace {
 
 // C[M,N] = alpha·op(A)·op(B) + beta·C, row-major, where A/B are stored [rows, cols] as given and
 // lda/ldb/ldc are their row strides (so that a block of rows or columns is a gemm of its own).
-// float32 products with K ≤ 512 run on tapegrad's own kernel (ops/sgemm.cpp), the rest on BLAS.
+// own: on tapegrad's float32 kernel (ops/sgemm.cpp), else on BLAS.
 template <class T>
-void gemm_block(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb, size_t ldc,
-                bool ta, bool tb, T beta, T alpha) {
+void gemm_block(bool own, const T* A, const T* B, T* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
+                size_t ldc, bool ta, bool tb, T beta, T alpha) {
   if constexpr (std::is_same_v<T, float>)
-    if (kernel::sgemm(A, B, C, M, N, K, lda, ldb, ldc, ta, tb, alpha, beta)) return;
+    if (own) return kernel::sgemm(A, B, C, M, N, K, lda, ldb, ldc, ta, tb, alpha, beta);
   auto opA = ta ? CblasTrans : CblasNoTrans, opB = tb ? CblasTrans : CblasNoTrans;
   auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
   auto a = static_cast<int>(lda), b = static_cast<int>(ldb), c = static_cast<int>(ldc);
@@ -48,19 +48,20 @@ void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, b
     return;
   }
   const size_t lda = ta ? M : K, ldb = tb ? K : N;
+  const bool own = std::is_same_v<T, float> && kernel::sgemm_takes(M, K);  // small float32 products
   const bool by_rows = M >= N;
   const size_t cut = by_rows ? M : N;  // the dimension cut into blocks
   size_t parts = double(M) * double(N) * double(K) < kSplitProduct ? 1 : size_t(detail::intra_op_threads());
   const size_t quanta = cut / kBlockQuantum, per_part = parts > 1 && quanta > 1 ? (quanta + parts - 1) / parts : 0;
-  if (per_part == 0) return gemm_block<T>(A, B, C, M, N, K, lda, ldb, N, ta, tb, beta, alpha);
+  if (per_part == 0) return gemm_block<T>(own, A, B, C, M, N, K, lda, ldb, N, ta, tb, beta, alpha);
   parts = (quanta + per_part - 1) / per_part;  // blocks of per_part quanta; the last takes the rest
   const size_t step = per_part * kBlockQuantum;
   detail::run_parts(int(parts), [&](int k) {
     const size_t lo = size_t(k) * step, len = size_t(k) + 1 == parts ? cut - lo : step;
     if (by_rows)  // rows lo.. of C are rows lo.. of op(A)
-      gemm_block<T>(ta ? A + lo : A + lo * lda, B, C + lo * N, len, N, K, lda, ldb, N, ta, tb, beta, alpha);
+      gemm_block<T>(own, ta ? A + lo : A + lo * lda, B, C + lo * N, len, N, K, lda, ldb, N, ta, tb, beta, alpha);
     else  // columns lo.. of C are columns lo.. of op(B)
-      gemm_block<T>(A, tb ? B + lo * ldb : B + lo, C + lo, M, len, K, lda, ldb, N, ta, tb, beta, alpha);
+      gemm_block<T>(own, A, tb ? B + lo * ldb : B + lo, C + lo, M, len, K, lda, ldb, N, ta, tb, beta, alpha);
   });
 }
 

@@ -1,15 +1,15 @@
-// tapegrad's own float32 product kernel, for products whose inner dimension K is at most 512.
+// tapegrad's own float32 product kernel, for the small products that sgemm_takes (ops/sgemm.hpp).
 //
-// Why not BLAS for these: OpenBLAS packs both operands into its own layout on every call, which for
-// W5's products ([32,128]·[128,128] and the like, 64 of each per step) is a tenth of their time, and
-// its kernel for a few rows of A reads its packed B at strides the L1 cache maps onto few sets.
-// Here only a panel of 16 columns of op(B) is copied, K×16 floats into one contiguous buffer that
-// stays in L1 (for Bᵀ read in place, the copy is an 8×8 transpose of registers), and A is read where
+// Why not BLAS for these: OpenBLAS packs both operands into its own layout on every call, and for
+// W5's products ([32,128]·[128,128] and the like, 64 of each per step) that packing was 13.6 % of
+// the step's samples. Here only a panel of 16 columns of op(B) is copied, K×16 floats into one
+// contiguous buffer that stays in L1 (read in place, rows of B 512 bytes apart fall into few of
+// L1's sets and evict each other; for Bᵀ the copy is an 8×8 transpose in registers), and A is read where
 // it lies: a tile of 6 rows of C takes one broadcast of A(i,k) per row and two loads of the panel
 // per k, for 12 fused multiply-adds into 12 accumulators (6×2 + 2 + 1 = 15 of the 16 AVX registers).
 // Measured alone against OpenBLAS's Haswell kernel at one thread (bench-style, median of 7): the
 // six W5 products 48–50 µs against 52–59 µs, W2's products with K ≤ 512 3–11 % faster, K = 784
-// 2 % slower, hence kSgemmMaxK. Each C(i,j) is summed over k in order, whatever the tile or the
+// 2 % slower, hence sgemm_takes. Each C(i,j) is summed over k in order, whatever the tile or the
 // block of C a thread was given, so a product's value does not depend on the thread count.
 #include "sgemm.hpp"
 
@@ -20,6 +20,7 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
+#include <cassert>
 
 namespace tapegrad {
 namespace {
@@ -144,11 +145,12 @@ void pack_panel(const float* B, size_t ldb, bool tb, size_t K, size_t j, size_t 
 
 }  // namespace
 
-bool kernel::sgemm(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
+void kernel::sgemm(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
                    size_t ldc, bool ta, bool tb, float alpha, float beta) {
-  if (K > kSgemmMaxK) return false;
+  constexpr size_t kMaxK = 512;  // sgemm_takes
+  assert(K <= kMaxK);
   thread_local std::vector<float> buffer;  // one panel, 32-byte aligned inside
-  if (buffer.size() < kSgemmMaxK * kNR + 8) buffer.resize(kSgemmMaxK * kNR + 8);
+  if (buffer.size() < kMaxK * kNR + 8) buffer.resize(kMaxK * kNR + 8);
   auto addr = reinterpret_cast<std::uintptr_t>(buffer.data());
   float* P = buffer.data() + ((32 - addr % 32) % 32) / sizeof(float);
   const size_t rsA = ta ? 1 : lda, csA = ta ? lda : 1;  // A(i,k) = A[i·rsA + k·csA]
@@ -158,14 +160,13 @@ bool kernel::sgemm(const float* A, const float* B, float* C, size_t M, size_t N,
     panel_rows(A, rsA, csA, P, K, C + j, ldc, M, n, alpha, beta);
   }
   ++g_sgemm_calls;
-  return true;
 }
 
-#else  // no AVX2/FMA in this build: BLAS runs every product
+#else  // kHasSgemm is false: gemm never calls this
 
-bool kernel::sgemm(const float*, const float*, float*, size_t, size_t, size_t, size_t, size_t, size_t, bool, bool,
+void kernel::sgemm(const float*, const float*, float*, size_t, size_t, size_t, size_t, size_t, size_t, bool, bool,
                    float, float) {
-  return false;
+  assert(false);
 }
 
 #endif

@@ -1,18 +1,25 @@
 #pragma once
-// tapegrad's own float32 product kernel, for the products whose inner dimension is short
-// (ops/sgemm.cpp says why). ops/linalg.cpp's gemm is its only caller; tests reach it through mm.
+// tapegrad's own float32 product kernel, for small products (ops/sgemm.cpp says why). ops/linalg.cpp's gemm is its only caller; tests reach it through mm.
 #include <cstddef>
 
 namespace tapegrad {
 namespace kernel {
 
-// The longest inner dimension K given to sgemm: its panel of op(B), K×16 floats, stays in L1.
-constexpr size_t kSgemmMaxK = 512;
+#if defined(__AVX2__) && defined(__FMA__)
+constexpr bool kHasSgemm = true;
+#else
+constexpr bool kHasSgemm = false;  // no AVX2 and FMA in this build: BLAS runs every product
+#endif
+
+// Whether sgemm takes a product of these sizes: K ≤ 512, so that a panel of op(B), K×16 floats,
+// stays in L1, and M·K ≤ 65,536, so that A (256 KB) stays in L2 while every panel passes over it.
+// Larger products are what BLAS's cache blocking is for: W3's dW, 2048×2048×512, ran 25 % slower
+// here. gemm decides by the whole product, so a block of it at 2 threads runs on the same kernel.
+inline bool sgemm_takes(size_t M, size_t K) { return kHasSgemm && K <= 512 && M * K <= 65536; }
 
 // C[M,N] = alpha·op(A)·op(B) + beta·C, row-major with row strides lda, ldb, ldc, as cblas_sgemm;
-// C is not read when beta = 0. Returns false, having done nothing, when this build has no AVX2
-// and FMA (then BLAS runs the product) or K > kSgemmMaxK.
-bool sgemm(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
+// C is not read when beta = 0. Only for K ≤ 512 (asserted), in a build with kHasSgemm.
+void sgemm(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
            size_t ldc, bool ta, bool tb, float alpha, float beta);
 
 }  // namespace kernel
