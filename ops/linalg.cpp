@@ -48,7 +48,7 @@ void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, b
     return;
   }
   const size_t lda = ta ? M : K, ldb = tb ? K : N;
-  const bool own = std::is_same_v<T, float> && kernel::sgemm_takes(M, K);  // small float32 products
+  const bool own = std::is_same_v<T, float> && kernel::sgemm_takes(M, N, K);  // small float32 products
   const bool by_rows = M >= N;
   const size_t cut = by_rows ? M : N;  // the dimension cut into blocks
   size_t parts = double(M) * double(N) * double(K) < kSplitProduct ? 1 : size_t(detail::intra_op_threads());

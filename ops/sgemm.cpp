@@ -7,20 +7,22 @@
 // L1's sets and evict each other; for Bᵀ the copy is an 8×8 transpose in registers), and A is read where
 // it lies: a tile of 6 rows of C takes one broadcast of A(i,k) per row and two loads of the panel
 // per k, for 12 fused multiply-adds into 12 accumulators (6×2 + 2 + 1 = 15 of the 16 AVX registers).
-// Measured alone against OpenBLAS's Haswell kernel at one thread (bench-style, median of 7): the
-// six W5 products 48–50 µs against 52–59 µs, W2's products with K ≤ 512 3–11 % faster, K = 784
-// 2 % slower, hence sgemm_takes. Each C(i,j) is summed over k in order, whatever the tile or the
-// block of C a thread was given, so a product's value does not depend on the thread count.
+// Measured alone against OpenBLAS's Haswell kernel at one thread (median of 7): the six W5
+// products 48–50 µs against 52–59 µs, W2's products with K ≤ 512 3–11 % faster, K = 784 2 %
+// slower; larger products slower still, hence sgemm_takes. Each C(i,j) is summed over k in order,
+// whatever the tile or the block of C a thread was given, so a product's value does not depend on
+// the thread count.
 #include "sgemm.hpp"
 
 #include <algorithm>
+#include <cassert>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
-#include <cassert>
 
 namespace tapegrad {
 namespace {
@@ -78,8 +80,8 @@ inline void tile(const float* A, size_t rsA, size_t csA, const float* P, size_t 
     _mm256_store_ps(part[r], acc[r][0]);
     _mm256_store_ps(part[r] + 8, acc[r][1]);
   }
-  for (size_t r = 0; r < R; ++r)
-    for (size_t j = 0; j < n; ++j) C[r * ldc + j] = beta != 0.0f ? part[r][j] + beta * C[r * ldc + j] : part[r][j];
+  for (size_t r = 0; r < R; ++r)  // std::fma: rounded as the full panels' fmadd, so no entry depends on its panel
+    for (size_t j = 0; j < n; ++j) C[r * ldc + j] = beta != 0.0f ? std::fma(beta, C[r * ldc + j], part[r][j]) : part[r][j];
 }
 
 // All M rows of C against one panel: tiles of 6 rows, then one of the 1–5 left.

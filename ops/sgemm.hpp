@@ -12,10 +12,14 @@ constexpr bool kHasSgemm = false;  // no AVX2 and FMA in this build: BLAS runs e
 #endif
 
 // Whether sgemm takes a product of these sizes: K ≤ 512, so that a panel of op(B), K×16 floats,
-// stays in L1, and M·K ≤ 65,536, so that A (256 KB) stays in L2 while every panel passes over it.
-// Larger products are what BLAS's cache blocking is for: W3's dW, 2048×2048×512, ran 25 % slower
-// here. gemm decides by the whole product, so a block of it at 2 threads runs on the same kernel.
-inline bool sgemm_takes(size_t M, size_t K) { return kHasSgemm && K <= 512 && M * K <= 65536; }
+// stays in L1; M·K ≤ 65,536, so that A (256 KB) stays in L2 while every panel passes over it; and
+// M·N ≤ 131,072, so that C (512 KB) does too, as it is written a panel's 16 columns at a time.
+// Larger products are what BLAS's cache blocking is for. Measured alone at one thread: W3's dW,
+// 2048×2048×512, 25 % slower here; 512×2048×10 (W3's last dX) and 1024×1024×16 2–2.5× slower.
+// gemm decides by the whole product, so every block of it at 2 threads runs on the same kernel.
+inline bool sgemm_takes(size_t M, size_t N, size_t K) {
+  return kHasSgemm && K <= 512 && M * K <= 65536 && M * N <= 131072;
+}
 
 // C[M,N] = alpha·op(A)·op(B) + beta·C, row-major with row strides lda, ldb, ldc, as cblas_sgemm;
 // C is not read when beta = 0. Only for K ≤ 512 (asserted), in a build with kHasSgemm.

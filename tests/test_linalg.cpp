@@ -329,7 +329,7 @@ TEST_CASE("linalg: sgemm, tapegrad's float32 kernel, against double sums: tiles,
                 for (size_t j = 0; j < N; ++j) C[i * ldc + j] = U(rng);
             const std::vector<float> C0 = C;
             CAPTURE(M); CAPTURE(N); CAPTURE(K); CAPTURE(ta); CAPTURE(tb); CAPTURE(s.alpha); CAPTURE(s.beta);
-            REQUIRE(kernel::sgemm_takes(M, K));
+            REQUIRE(kernel::sgemm_takes(M, N, K));
             const unsigned long long calls0 = detail::sgemm_calls();
             kernel::sgemm(A.data(), B.data(), C.data(), M, N, K, lda, ldb, ldc, ta, tb, s.alpha, s.beta);
             CHECK(detail::sgemm_calls() - calls0 == 1u);
@@ -359,7 +359,7 @@ TEST_CASE("linalg: sgemm, tapegrad's float32 kernel, against double sums: tiles,
 // Through mm: small float32 products run on the kernel, larger ones and float64 on BLAS; and
 // a float32 product cut into blocks at 2 threads has the value of 1 thread bit for bit, since each
 // entry is summed over k in the same order whichever thread ran its block.
-TEST_CASE("linalg: float32 mm runs tapegrad's kernel for K <= 512 and M*K <= 65536, BLAS beyond; at 2 threads its values are 1 thread's") {
+TEST_CASE("linalg: float32 mm runs tapegrad's kernel for K <= 512, M*K <= 65536 and M*N <= 131072, BLAS beyond; at 2 threads its values are 1 thread's") {
   const int before = get_num_threads();
   auto calls_for = [](size_t M, size_t K, size_t N, Dtype dt) {
     Tensor a = from_vector(leaf64({M, K}, 3).to_vector(), {M, K}, dt);
@@ -374,6 +374,8 @@ TEST_CASE("linalg: float32 mm runs tapegrad's kernel for K <= 512 and M*K <= 655
   CHECK(calls_for(128, 512, 8, kFloat32) == own);   // M·K = 65,536
   CHECK(calls_for(32, 513, 128, kFloat32) == 0u);   // K > 512
   CHECK(calls_for(129, 512, 8, kFloat32) == 0u);    // M·K > 65,536
+  CHECK(calls_for(512, 10, 256, kFloat32) == own);  // M·N = 131,072
+  CHECK(calls_for(512, 10, 257, kFloat32) == 0u);   // M·N > 131,072
   CHECK(calls_for(32, 128, 128, kFloat64) == 0u);
   for (int flags = 0; flags < 4; ++flags) {
     const bool ta = flags & 1, tb = flags & 2;
