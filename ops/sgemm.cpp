@@ -149,10 +149,9 @@ void pack_panel(const float* B, size_t ldb, bool tb, size_t K, size_t j, size_t 
 
 void kernel::sgemm(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
                    size_t ldc, bool ta, bool tb, float alpha, float beta) {
-  constexpr size_t kMaxK = 512;  // sgemm_takes
-  assert(K <= kMaxK);
+  assert(K <= kSgemmMaxK);
   thread_local std::vector<float> buffer;  // one panel, 32-byte aligned inside
-  if (buffer.size() < kMaxK * kNR + 8) buffer.resize(kMaxK * kNR + 8);
+  if (buffer.size() < kSgemmMaxK * kNR + 8) buffer.resize(kSgemmMaxK * kNR + 8);
   auto addr = reinterpret_cast<std::uintptr_t>(buffer.data());
   float* P = buffer.data() + ((32 - addr % 32) % 32) / sizeof(float);
   const size_t rsA = ta ? 1 : lda, csA = ta ? lda : 1;  // A(i,k) = A[i·rsA + k·csA]

@@ -1,5 +1,6 @@
 #pragma once
-// tapegrad's own float32 product kernel, for small products (ops/sgemm.cpp says why). ops/linalg.cpp's gemm is its only caller; tests reach it through mm.
+// tapegrad's own float32 product kernel, for small products (ops/sgemm.cpp says why).
+// ops/linalg.cpp's gemm is its only caller in the library; tests call it directly and through mm.
 #include <cstddef>
 
 namespace tapegrad {
@@ -17,12 +18,13 @@ constexpr bool kHasSgemm = false;  // no AVX2 and FMA in this build: BLAS runs e
 // Larger products are what BLAS's cache blocking is for. Measured alone at one thread: W3's dW,
 // 2048×2048×512, 25 % slower here; 512×2048×10 (W3's last dX) and 1024×1024×16 2–2.5× slower.
 // gemm decides by the whole product, so every block of it at 2 threads runs on the same kernel.
+constexpr size_t kSgemmMaxK = 512;
 inline bool sgemm_takes(size_t M, size_t N, size_t K) {
-  return kHasSgemm && K <= 512 && M * K <= 65536 && M * N <= 131072;
+  return kHasSgemm && K <= kSgemmMaxK && M * K <= 65536 && M * N <= 131072;
 }
 
 // C[M,N] = alpha·op(A)·op(B) + beta·C, row-major with row strides lda, ldb, ldc, as cblas_sgemm;
-// C is not read when beta = 0. Only for K ≤ 512 (asserted), in a build with kHasSgemm.
+// C is not read when beta = 0. Only for K ≤ kSgemmMaxK (asserted), in a build with kHasSgemm.
 void sgemm(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
            size_t ldc, bool ta, bool tb, float alpha, float beta);
 
