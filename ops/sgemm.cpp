@@ -7,9 +7,10 @@
 // L1's sets and evict each other; for Bᵀ the copy is an 8×8 transpose in registers), and A is read where
 // it lies: a tile of 6 rows of C takes one broadcast of A(i,k) per row and two loads of the panel
 // per k, for 12 fused multiply-adds into 12 accumulators (6×2 + 2 + 1 = 15 of the 16 AVX registers).
-// Measured alone against OpenBLAS's Haswell kernel at one thread (median of 7): the six W5
+// Measured alone against OpenBLAS's Haswell kernel at one thread (median of 7) on Zen 5: the six W5
 // products 48–50 µs against 52–59 µs, W2's products with K ≤ 512 3–11 % faster, K = 784 2 %
-// slower; larger products slower still, hence sgemm_takes. Each C(i,j) is summed over k in order,
+// slower; larger products slower still, and on Zen 3's smaller L2 those whose A and C do not fit
+// in it, hence sgemm_takes. Each C(i,j) is summed over k in order,
 // whatever the tile or the block of C a thread was given, so a product's value does not depend on
 // the thread count.
 #include "sgemm.hpp"
@@ -20,6 +21,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <unistd.h>
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
@@ -29,6 +32,14 @@ namespace {
 thread_local unsigned long long g_sgemm_calls = 0;
 }
 unsigned long long detail::sgemm_calls() { return g_sgemm_calls; }
+
+size_t kernel::l2_bytes() {
+  static const size_t bytes = [] {
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return l2 > 0 ? size_t(l2) : size_t(512) << 10;
+  }();
+  return bytes;
+}
 
 #if defined(__AVX2__) && defined(__FMA__)
 namespace {

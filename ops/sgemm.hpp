@@ -12,15 +12,22 @@ constexpr bool kHasSgemm = true;
 constexpr bool kHasSgemm = false;  // no AVX2 and FMA in this build: BLAS runs every product
 #endif
 
+// The L2 cache of one core, in bytes, as the C library reports it (sysconf), or 512 KiB when it
+// does not say; read once.
+size_t l2_bytes();
+
 // Whether sgemm takes a product of these sizes: K ≤ 512, so that a panel of op(B), K×16 floats,
-// stays in L1; M·K ≤ 65,536, so that A (256 KB) stays in L2 while every panel passes over it; and
-// M·N ≤ 131,072, so that C (512 KB) does too, as it is written a panel's 16 columns at a time.
-// Larger products are what BLAS's cache blocking is for. Measured alone at one thread: W3's dW,
-// 2048×2048×512, 25 % slower here; 512×2048×10 (W3's last dX) and 1024×1024×16 2–2.5× slower.
-// gemm decides by the whole product, so every block of it at 2 threads runs on the same kernel.
+// stays in L1; and A and C together in the core's L2 (l2), since every panel passes over all of A
+// and C is written a panel's 16 columns at a time; and at most M·K ≤ 65,536 (256 KB of A) and
+// M·N ≤ 131,072 (512 KB of C), the largest measured, on a 1 MiB L2. Larger products are what
+// BLAS's cache blocking is for. Measured alone at one thread: W3's dW, 2048×2048×512, 25 % slower
+// on a 1 MiB L2; 512×2048×10 (W3's last dX) and 1024×1024×16 2–2.5× slower; on a 512 KiB L2
+// (Zen 3), W2's dW 512×256×128 (A 256 KB + C 512 KB) 25 % slower, where the products whose A and C
+// fit ran 0.54–1.02× OpenBLAS's time. gemm decides by the whole product, so every block of it at 2
+// threads runs on the same kernel.
 constexpr size_t kSgemmMaxK = 512;
-inline bool sgemm_takes(size_t M, size_t N, size_t K) {
-  return kHasSgemm && K <= kSgemmMaxK && M * K <= 65536 && M * N <= 131072;
+inline bool sgemm_takes(size_t M, size_t N, size_t K, size_t l2 = l2_bytes()) {
+  return kHasSgemm && K <= kSgemmMaxK && M * K <= 65536 && M * N <= 131072 && sizeof(float) * (M * K + M * N) <= l2;
 }
 
 // C[M,N] = alpha·op(A)·op(B) + beta·C, row-major with row strides lda, ldb, ldc, as cblas_sgemm;

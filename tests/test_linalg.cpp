@@ -359,7 +359,7 @@ TEST_CASE("linalg: sgemm, tapegrad's float32 kernel, against double sums: tiles,
 // Through mm: small float32 products run on the kernel, larger ones and float64 on BLAS; and
 // a float32 product cut into blocks at 2 threads has the value of 1 thread bit for bit, since each
 // entry is summed over k in the same order whichever thread ran its block.
-TEST_CASE("linalg: float32 mm runs tapegrad's kernel for K <= 512, M*K <= 65536 and M*N <= 131072, BLAS beyond; at 2 threads its values are 1 thread's") {
+TEST_CASE("linalg: float32 mm runs tapegrad's kernel for K <= 512, M*K <= 65536, M*N <= 131072 and A, C in L2, BLAS beyond; at 2 threads its values are 1 thread's") {
   const int before = get_num_threads();
   auto calls_for = [](size_t M, size_t K, size_t N, Dtype dt) {
     Tensor a = from_vector(leaf64({M, K}, 3).to_vector(), {M, K}, dt);
@@ -374,8 +374,18 @@ TEST_CASE("linalg: float32 mm runs tapegrad's kernel for K <= 512, M*K <= 65536 
   CHECK(calls_for(128, 512, 8, kFloat32) == own);   // M·K = 65,536
   CHECK(calls_for(32, 513, 128, kFloat32) == 0u);   // K > 512
   CHECK(calls_for(129, 512, 8, kFloat32) == 0u);    // M·K > 65,536
-  CHECK(calls_for(512, 10, 256, kFloat32) == own);  // M·N = 131,072
+  // M·N = 131,072: A and C take 545 KB, more than a 512 KiB L2 holds
+  const bool fits = kernel::l2_bytes() >= sizeof(float) * (512 * 10 + 512 * 256);
+  CHECK(calls_for(512, 10, 256, kFloat32) == (fits ? own : 0u));
   CHECK(calls_for(512, 10, 257, kFloat32) == 0u);   // M·N > 131,072
+  // The rule itself, for a 512 KiB and a 1 MiB L2: W2's dW 512×256×128 needs 768 KB (A 256 KB, C 512 KB).
+  CHECK(kernel::sgemm_takes(512, 256, 128, size_t(1) << 20) == kernel::kHasSgemm);
+  CHECK_FALSE(kernel::sgemm_takes(512, 256, 128, size_t(512) << 10));
+  CHECK(kernel::sgemm_takes(128, 256, 512, size_t(512) << 10) == kernel::kHasSgemm);  // 384 KB
+  CHECK(kernel::sgemm_takes(128, 384, 512, size_t(512) << 10) == kernel::kHasSgemm);  // 448 KB
+  CHECK_FALSE(kernel::sgemm_takes(128, 640, 512, size_t(512) << 10));                  // 576 KB
+  CHECK_FALSE(kernel::sgemm_takes(512, 257, 128, size_t(64) << 20));                   // M·N cap, any L2
+  CHECK(kernel::l2_bytes() > 0u);
   CHECK(calls_for(32, 128, 128, kFloat64) == 0u);
   for (int flags = 0; flags < 4; ++flags) {
     const bool ta = flags & 1, tb = flags & 2;
