@@ -97,8 +97,8 @@ Stats time_gemm(int M, int N, int K, bool ta, bool tb) {
 // each). Each variant still gets WORKLOADS.md's calls and time, but all four sample the same
 // stretch of the machine's time: timed one after another, each in its own 0.3-0.6 s, the minimum
 // over four picks whichever ran in the host's quietest stretch (on the noisy VMs here the same
-// product's four medians differed by up to 16 % that way, the same variant of two identical
-// products by 15 %). --sequential times them one after another, as the peer's program does.
+// product's four medians differed by up to 17 % that way, the same variant of two identical
+// products by 17 %). --sequential times them one after another, as the peer's program does.
 bool g_sequential = false;
 std::array<Stats, 4> time_variants(int M, int N, int K) {
   std::array<Stats, 4> s;
