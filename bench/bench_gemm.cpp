@@ -13,8 +13,9 @@
 //   fwd : Y  = X  . W      M=B   N=out K=in
 //   dW  : dW = X^T . dY    M=in  N=out K=B
 //   dX  : dX = dY . W^T    M=B   N=in  K=out   (skipped for the first layer: input needs no grad)
-// Each GEMM is timed in all four transpose variants (NN, NT, TN, TT, in turn: time_variants) with the same M,N,K, plus the
-// variant libtorch's nn::Linear (W stored [out,in]) uses. Reported sums per training step:
+// Each GEMM is timed in all four transpose variants (NN, NT, TN, TT, in turn: time_variants) with
+// the same M,N,K, plus the variant libtorch's nn::Linear (W stored [out,in]) uses. Reported sums
+// per training step:
 //   natural_ms : W stored [in,out] -> fwd NN, dW TN, dX NT
 //   torch_ms   : W stored [out,in] -> fwd NT, dW (M=out,N=in) TN, dX NN
 //   best_ms    : min over the four variants for each GEMM  (= the GEMM lower bound of a step)

@@ -10,9 +10,8 @@
 // Measured alone against OpenBLAS's Haswell kernel at one thread (median of 7) on Zen 5: the six W5
 // products 48–50 µs against 52–59 µs, W2's products with K ≤ 512 3–11 % faster, K = 784 2 %
 // slower; larger products slower still, and on Zen 3's smaller L2 those whose A and C do not fit
-// in it, hence sgemm_takes. Each C(i,j) is summed over k in order,
-// whatever the tile or the block of C a thread was given, so a product's value does not depend on
-// the thread count.
+// in it, hence sgemm_takes. Each C(i,j) is summed over k in order, whatever the tile or the block
+// of C a thread was given, so a product's value does not depend on the thread count.
 #include "sgemm.hpp"
 
 #include <algorithm>
