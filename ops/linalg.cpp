@@ -37,9 +37,9 @@ constexpr size_t kBlockQuantum = 16;
 // C = alpha·op(A)·op(B) + beta·C. At n threads (set_num_threads) a product is cut into up to n
 // blocks of C's rows, or of its columns when C is wider than tall, one single-threaded gemm_block
 // each, run side by side (detail::run_parts). The blocks depend on the thread count alone, not on
-// whether the helpers were free, so a result is the same at that count every time; in float64, and
-// in float32 on tapegrad's own kernel, it is also that of one thread bit for bit, while OpenBLAS's
-// float32 kernels may sum a block in another order (tests/test_linalg.cpp).
+// whether the helpers were free, so a result is the same at that count every time; on tapegrad's
+// own kernel it is also that of one thread bit for bit, while OpenBLAS's kernels may sum a block in
+// another order than the whole, by a few ulps (tests/test_linalg.cpp).
 template <class T>
 void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, bool tb, T beta, T alpha = T(1)) {
   if (M == 0 || N == 0) return;

@@ -2,16 +2,22 @@
 //
 // Why not BLAS for these: OpenBLAS packs both operands into its own layout on every call, and for
 // W5's products ([32,128]·[128,128] and the like, 64 of each per step) that packing was 13.6 % of
-// the step's samples. Here only a panel of 16 columns of op(B) is copied, K×16 floats into one
-// contiguous buffer that stays in L1 (read in place, rows of B 512 bytes apart fall into few of
-// L1's sets and evict each other; for Bᵀ the copy is an 8×8 transpose in registers), and A is read where
-// it lies: a tile of 6 rows of C takes one broadcast of A(i,k) per row and two loads of the panel
-// per k, for 12 fused multiply-adds into 12 accumulators (6×2 + 2 + 1 = 15 of the 16 AVX registers).
-// Measured alone against OpenBLAS's Haswell kernel at one thread (median of 7) on Zen 5: the six W5
-// products 48–50 µs against 52–59 µs, W2's products with K ≤ 512 3–11 % faster, K = 784 2 %
-// slower; larger products slower still, and on Zen 3's smaller L2 those whose A and C do not fit
-// in it, hence sgemm_takes. Each C(i,j) is summed over k in order, whatever the tile or the block
-// of C a thread was given, so a product's value does not depend on the thread count.
+// the step's samples. Here only a panel of two registers' width of op(B) is copied (16 columns on
+// AVX2, 32 on AVX-512), K rows of it into one contiguous buffer (read in place, rows of B 512 bytes
+// apart fall into few of L1's sets and evict each other; for Bᵀ the copy is 8×8 transposes in
+// registers), and A is read where it lies: a tile of kMR rows of C takes one broadcast of A(i,k) per
+// row and two loads of the panel per k, for 2·kMR fused multiply-adds into as many accumulators
+// (AVX2: 6 rows, 12 + 2 + 1 of the 16 registers; AVX-512: 12 rows, 24 + 2 of the 32).
+// Measured alone against OpenBLAS at one thread (medians of 15, bench-free kb program):
+// - AVX2 on Zen 5 (Haswell kernels): the six W5 products 48–50 µs against 52–59 µs, W2's products
+//   with K ≤ 512 3–11 % faster, K = 784 2 % slower; larger products slower still, and on Zen 3's
+//   smaller L2 those whose A and C do not fit in it, hence sgemm_takes.
+// - On an AVX-512 Xeon (SkylakeX kernels) the AVX2 tile ran 1.1–1.6× OpenBLAS's time; the 12×32
+//   tile: W2's 128×256×512 204 against 252 µs, 512×256×128 (TN) 220 against 240, 128×512×256 (NT)
+//   206 against 260; W5's 32×128×128 7.1 against 7.0 (NN) and 14.1 (NT), its TN dW with K = 32
+//   7.4 against 6.6. 14 rows spill the accumulators (2× slower); 8 rows 2–5 % slower than 12.
+// Each C(i,j) is summed over k in order, whatever the tile or the block of C a thread was given,
+// so a product's value does not depend on the thread count (nor on the register width).
 #include "sgemm.hpp"
 
 #include <algorithm>
@@ -43,72 +49,96 @@ size_t kernel::l2_bytes() {
 #if defined(__AVX2__) && defined(__FMA__)
 namespace {
 
-constexpr size_t kNR = 16;  // columns of C per panel: two AVX vectors
-constexpr size_t kMR = 6;   // rows of C per tile
+// One SIMD register of floats: AVX-512's 16 where the build has it (-march=native on such a CPU),
+// else AVX2's 8. The kernel below is written once against these few operations.
+#if defined(__AVX512F__)
+using vec = __m512;
+constexpr size_t kW = 16;
+inline vec vzero() { return _mm512_setzero_ps(); }
+inline vec vset1(float x) { return _mm512_set1_ps(x); }
+inline vec vload(const float* p) { return _mm512_load_ps(p); }
+inline vec vloadu(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, vec v) { _mm512_store_ps(p, v); }
+inline void vstoreu(float* p, vec v) { _mm512_storeu_ps(p, v); }
+inline vec vfmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline vec vmul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+constexpr size_t kMR = 12;  // rows of C per tile: 12×2 accumulators + 2 panel vectors of the 32 registers
+#else
+using vec = __m256;
+constexpr size_t kW = 8;
+inline vec vzero() { return _mm256_setzero_ps(); }
+inline vec vset1(float x) { return _mm256_set1_ps(x); }
+inline vec vload(const float* p) { return _mm256_load_ps(p); }
+inline vec vloadu(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, vec v) { _mm256_store_ps(p, v); }
+inline void vstoreu(float* p, vec v) { _mm256_storeu_ps(p, v); }
+inline vec vfmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline vec vmul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+constexpr size_t kMR = 6;  // rows of C per tile: 6×2 accumulators + 2 panel vectors + 1 of A, of the 16
+#endif
+constexpr size_t kNR = 2 * kW;  // columns of C per panel: two registers
 
-// C[0:R, 0:n] = alpha·Σ_k A(r,k)·P[k, 0:16] + beta·C, for n ≤ 16 (P is zero past column n).
+// C[0:R, 0:n] = alpha·Σ_k A(r,k)·P[k, 0:n] + beta·C, for n ≤ V·kW (P is zero past column n) and a
+// panel of V = 1 or 2 registers (1: the last panel of a C narrower than half a panel, as W2's 10).
 // A(r,k) is at A + r·rsA + k·csA, so that A is read in place whether or not it is transposed.
 // The loops over r are unrolled so that the accumulators live in registers, not on the stack.
-template <size_t R>
+template <size_t R, size_t V>
 inline void tile(const float* A, size_t rsA, size_t csA, const float* P, size_t K, float* C, size_t ldc, size_t n,
                  float alpha, float beta) {
-  __m256 acc[R][2];
-#pragma GCC unroll 8
-  for (size_t r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  vec acc[R][V];
+#pragma GCC unroll 12
+  for (size_t r = 0; r < R; ++r)
+    for (size_t v = 0; v < V; ++v) acc[r][v] = vzero();
 #pragma GCC unroll 2
   for (size_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_load_ps(P + k * kNR), b1 = _mm256_load_ps(P + k * kNR + 8);
-#pragma GCC unroll 8
+    vec b[V];
+    for (size_t v = 0; v < V; ++v) b[v] = vload(P + k * kNR + v * kW);
+#pragma GCC unroll 12
     for (size_t r = 0; r < R; ++r) {
-      const __m256 a = _mm256_broadcast_ss(A + r * rsA + k * csA);
-      acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+      const vec a = vset1(A[r * rsA + k * csA]);
+      for (size_t v = 0; v < V; ++v) acc[r][v] = vfmadd(a, b[v], acc[r][v]);
     }
   }
-  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
-#pragma GCC unroll 8
-  for (size_t r = 0; r < R; ++r) {
-    acc[r][0] = _mm256_mul_ps(va, acc[r][0]);
-    acc[r][1] = _mm256_mul_ps(va, acc[r][1]);
-  }
-  if (n == kNR) {
-#pragma GCC unroll 8
+  const vec va = vset1(alpha), vb = vset1(beta);
+#pragma GCC unroll 12
+  for (size_t r = 0; r < R; ++r)
+    for (size_t v = 0; v < V; ++v) acc[r][v] = vmul(va, acc[r][v]);
+  if (n == V * kW) {
+#pragma GCC unroll 12
     for (size_t r = 0; r < R; ++r) {
       float* c = C + r * ldc;
-      if (beta != 0.0f) {  // beta = 0 must not read C: it may hold anything, NaN included
-        acc[r][0] = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c), acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 8), acc[r][1]);
+      for (size_t v = 0; v < V; ++v) {
+        if (beta != 0.0f) acc[r][v] = vfmadd(vb, vloadu(c + v * kW), acc[r][v]);  // beta = 0 must not read C: it may hold NaN
+        vstoreu(c + v * kW, acc[r][v]);
       }
-      _mm256_storeu_ps(c, acc[r][0]);
-      _mm256_storeu_ps(c + 8, acc[r][1]);
     }
     return;
   }
-  alignas(32) float part[R][kNR];  // the last panel of a C whose width is not a multiple of 16
-#pragma GCC unroll 8
-  for (size_t r = 0; r < R; ++r) {
-    _mm256_store_ps(part[r], acc[r][0]);
-    _mm256_store_ps(part[r] + 8, acc[r][1]);
-  }
+  alignas(64) float part[R][V * kW];  // the last panel of a C whose width is not a multiple of the panel's
+#pragma GCC unroll 12
+  for (size_t r = 0; r < R; ++r)
+    for (size_t v = 0; v < V; ++v) vstore(part[r] + v * kW, acc[r][v]);
   for (size_t r = 0; r < R; ++r)  // std::fma: rounded as the full panels' fmadd, so no entry depends on its panel
     for (size_t j = 0; j < n; ++j) C[r * ldc + j] = beta != 0.0f ? std::fma(beta, C[r * ldc + j], part[r][j]) : part[r][j];
 }
 
-// All M rows of C against one panel: tiles of 6 rows, then one of the 1–5 left.
+// The tile of the last R rows (R < kMR): tile<R, V> by a search over R made at compile time.
+template <size_t V, size_t R = kMR - 1>
+inline void tile_rest(size_t rows, const float* A, size_t rsA, size_t csA, const float* P, size_t K, float* C,
+                      size_t ldc, size_t n, float alpha, float beta) {
+  if constexpr (R > 0) {
+    if (rows == R) return tile<R, V>(A, rsA, csA, P, K, C, ldc, n, alpha, beta);
+    tile_rest<V, R - 1>(rows, A, rsA, csA, P, K, C, ldc, n, alpha, beta);
+  }
+}
+
+// All M rows of C against one panel: tiles of kMR rows, then one of the rest.
+template <size_t V>
 void panel_rows(const float* A, size_t rsA, size_t csA, const float* P, size_t K, float* C, size_t ldc, size_t M,
                 size_t n, float alpha, float beta) {
   size_t i = 0;
-  for (; i + kMR <= M; i += kMR) tile<kMR>(A + i * rsA, rsA, csA, P, K, C + i * ldc, ldc, n, alpha, beta);
-  const float* a = A + i * rsA;
-  float* c = C + i * ldc;
-  switch (M - i) {
-    case 5: tile<5>(a, rsA, csA, P, K, c, ldc, n, alpha, beta); break;
-    case 4: tile<4>(a, rsA, csA, P, K, c, ldc, n, alpha, beta); break;
-    case 3: tile<3>(a, rsA, csA, P, K, c, ldc, n, alpha, beta); break;
-    case 2: tile<2>(a, rsA, csA, P, K, c, ldc, n, alpha, beta); break;
-    case 1: tile<1>(a, rsA, csA, P, K, c, ldc, n, alpha, beta); break;
-    default: break;
-  }
+  for (; i + kMR <= M; i += kMR) tile<kMR, V>(A + i * rsA, rsA, csA, P, K, C + i * ldc, ldc, n, alpha, beta);
+  tile_rest<V>(M - i, A + i * rsA, rsA, csA, P, K, C + i * ldc, ldc, n, alpha, beta);
 }
 
 // P[k, c] = B[c, k] for c < 8, k < 8: eight rows of Bᵀ's 8×8 block become eight panel rows.
@@ -131,14 +161,13 @@ inline void transpose8(const float* B, size_t ldb, float* P) {
   }
 }
 
-// P[k, c] = op(B)(k, j + c) for c < n, and 0 for n ≤ c < 16.
+// P[k, c] = op(B)(k, j + c) for c < n, and 0 for n ≤ c < kNR.
 void pack_panel(const float* B, size_t ldb, bool tb, size_t K, size_t j, size_t n, float* P) {
   if (!tb) {  // op(B)(k, j+c) = B[k·ldb + j + c]: a row of the panel is a piece of a row of B
     for (size_t k = 0; k < K; ++k) {
       const float* b = B + k * ldb + j;
       if (n == kNR) {
-        _mm256_store_ps(P + k * kNR, _mm256_loadu_ps(b));
-        _mm256_store_ps(P + k * kNR + 8, _mm256_loadu_ps(b + 8));
+        for (size_t v = 0; v < 2; ++v) vstore(P + k * kNR + v * kW, vloadu(b + v * kW));
       } else {
         for (size_t c = 0; c < kNR; ++c) P[k * kNR + c] = c < n ? b[c] : 0.0f;
       }
@@ -147,10 +176,8 @@ void pack_panel(const float* B, size_t ldb, bool tb, size_t K, size_t j, size_t 
   }
   size_t k = 0;  // op(B)(k, j+c) = B[(j+c)·ldb + k]: a column of the panel is a piece of a row of B
   if (n == kNR)
-    for (; k + 8 <= K; k += 8) {
-      transpose8(B + j * ldb + k, ldb, P + k * kNR);
-      transpose8(B + (j + 8) * ldb + k, ldb, P + k * kNR + 8);
-    }
+    for (; k + 8 <= K; k += 8)
+      for (size_t c = 0; c < kNR; c += 8) transpose8(B + (j + c) * ldb + k, ldb, P + k * kNR + c);
   for (; k < K; ++k)
     for (size_t c = 0; c < kNR; ++c) P[k * kNR + c] = c < n ? B[(j + c) * ldb + k] : 0.0f;
 }
@@ -160,15 +187,18 @@ void pack_panel(const float* B, size_t ldb, bool tb, size_t K, size_t j, size_t 
 void kernel::sgemm(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
                    size_t ldc, bool ta, bool tb, float alpha, float beta) {
   assert(K <= kSgemmMaxK);
-  thread_local std::vector<float> buffer;  // one panel, 32-byte aligned inside
-  if (buffer.size() < kSgemmMaxK * kNR + 8) buffer.resize(kSgemmMaxK * kNR + 8);
+  thread_local std::vector<float> buffer;  // one panel, 64-byte aligned inside
+  if (buffer.size() < kSgemmMaxK * kNR + 16) buffer.resize(kSgemmMaxK * kNR + 16);
   auto addr = reinterpret_cast<std::uintptr_t>(buffer.data());
-  float* P = buffer.data() + ((32 - addr % 32) % 32) / sizeof(float);
+  float* P = buffer.data() + ((64 - addr % 64) % 64) / sizeof(float);
   const size_t rsA = ta ? 1 : lda, csA = ta ? lda : 1;  // A(i,k) = A[i·rsA + k·csA]
   for (size_t j = 0; j < N; j += kNR) {
     const size_t n = std::min(kNR, N - j);
     pack_panel(B, ldb, tb, K, j, n, P);
-    panel_rows(A, rsA, csA, P, K, C + j, ldc, M, n, alpha, beta);
+    if (n <= kW)
+      panel_rows<1>(A, rsA, csA, P, K, C + j, ldc, M, n, alpha, beta);
+    else
+      panel_rows<2>(A, rsA, csA, P, K, C + j, ldc, M, n, alpha, beta);
   }
   ++g_sgemm_calls;
 }
