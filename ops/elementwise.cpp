@@ -115,8 +115,10 @@ static Tensor scale_shift(const char* op, const Tensor& x, double s, double c) {
     const T* v = x.data_ptr<T>();
     T* o = out.data_ptr<T>();
     const T ts = static_cast<T>(s), tc = static_cast<T>(c);
-    if (ts == T(1)) for (size_t i = 0, n = x.numel(); i < n; ++i) o[i] = v[i] + tc;  // exact, like x + c
-    else for (size_t i = 0, n = x.numel(); i < n; ++i) o[i] = ts * v[i] + tc;
+    write_out(o, x.numel(), [&](size_t begin, size_t end, T* dst) {
+      if (ts == T(1)) for (size_t i = begin; i < end; ++i) dst[i - begin] = v[i] + tc;  // exact, like x + c
+      else for (size_t i = begin; i < end; ++i) dst[i - begin] = ts * v[i] + tc;
+    });
   });
   return record(op, out, {x}, [s](Backward& g) {
     g.add(0, s == 1.0 ? g.dout() : scale_shift("mul", g.dout(), s, 0.0), "dx += s·dout");
@@ -131,7 +133,9 @@ static Tensor div_scalar(const Tensor& x, double d) {
     const T* v = x.data_ptr<T>();
     T* o = out.data_ptr<T>();
     const T td = static_cast<T>(d);
-    for (size_t i = 0, n = x.numel(); i < n; ++i) o[i] = v[i] / td;
+    write_out(o, x.numel(), [&](size_t begin, size_t end, T* dst) {
+      for (size_t i = begin; i < end; ++i) dst[i - begin] = v[i] / td;
+    });
   });
   return record("div", out, {x}, [d](Backward& g) { g.add(0, div_scalar(g.dout(), d), "dx += dout / d"); });
 }

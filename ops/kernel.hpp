@@ -14,6 +14,7 @@
 #endif
 
 #include "../engine/dispatch.hpp"
+#include "../engine/parallel.hpp"
 #include "ops.hpp"
 
 namespace tapegrad::kernel {
@@ -91,6 +92,10 @@ inline void copy_streaming(void* dst, const void* src, size_t bytes) { std::memc
 
 // out[0, n) as produce(begin, end, dst) computes elements [begin, end) into dst[0, end - begin):
 // at once into out when it is small, else block by block through an L1 scratch, streamed out.
+// A large output is also cut into one run of blocks per intra-op thread (set_num_threads), side
+// by side: each element is computed alone, so the cut changes no value. produce must not throw.
+// Measured on W3 at 2 threads (an AVX-512 Xeon, 2 MiB L2): relu of [512,2048] 0.39 → 0.20 ms;
+// with the column cut of sum_axes below, the step 77.9–78.6 → 75.8–76.2 ms (alternating runs).
 template <class T, class P>
 void write_out(T* out, size_t n, P&& produce) {
   if (kStreamBytes == 0 || n * sizeof(T) < streaming_threshold_bytes()) {
@@ -98,15 +103,21 @@ void write_out(T* out, size_t n, P&& produce) {
     return;
   }
   constexpr size_t kBlock = 16384 / sizeof(T);
-  alignas(64) T block[kBlock];
-  for (size_t begin = 0; begin < n; begin += kBlock) {
-    size_t end = std::min(n, begin + kBlock);
-    produce(begin, end, block);
-    copy_streaming(out + begin, block, (end - begin) * sizeof(T));
-  }
+  const size_t blocks = (n + kBlock - 1) / kBlock;
+  const size_t parts = std::min(blocks, size_t(detail::intra_op_threads()));
+  const size_t per_part = (blocks + parts - 1) / parts;
+  detail::run_parts(int(parts), [&](int k) {
+    alignas(64) T block[kBlock];
+    const size_t stop = std::min(n, (size_t(k) + 1) * per_part * kBlock);
+    for (size_t begin = size_t(k) * per_part * kBlock; begin < stop; begin += kBlock) {
+      size_t end = std::min(stop, begin + kBlock);
+      produce(begin, end, block);
+      copy_streaming(out + begin, block, (end - begin) * sizeof(T));
+    }
 #if defined(__SSE2__)
-  _mm_sfence();  // streaming stores are weakly ordered: complete them before another thread reads out
+    _mm_sfence();  // streaming stores are weakly ordered: complete them before another thread reads out
 #endif
+  });
 }
 
 }  // namespace tapegrad::kernel
@@ -204,10 +215,21 @@ void sum_axes(const Tensor& x, const Tensor& out, const std::vector<size_t>& axe
     trailing &= axes[i] == rank - axes.size() + i;
   }
   if (leading) {
-    size_t outer = n_out ? x.numel() / n_out : 0;
-    std::fill(dst, dst + n_out, T(0));
-    for (size_t i = 0; i < outer; ++i)
-      for (size_t j = 0; j < n_out; ++j) dst[j] += src[i * n_out + j];
+    // Columns [lo, hi) of out, summed over the rows in order. An x beyond the L2 cache with 32
+    // columns or more per intra-op thread is cut into runs of columns, one per thread, side by side;
+    // each column is still summed alone in the same order, so the cut changes no value.
+    const size_t outer = n_out ? x.numel() / n_out : 0;
+    auto columns = [&](size_t lo, size_t hi) {
+      std::fill(dst + lo, dst + hi, T(0));
+      for (size_t i = 0; i < outer; ++i)
+        for (size_t j = lo; j < hi; ++j) dst[j] += src[i * n_out + j];
+    };
+    const size_t threads = size_t(detail::intra_op_threads());
+    if (threads < 2 || x.numel() * sizeof(T) < streaming_threshold_bytes() || n_out < 32 * threads)
+      return columns(0, n_out);
+    const size_t per_part = ((n_out + 15) / 16 + threads - 1) / threads * 16;  // multiples of 16 columns
+    const size_t parts = (n_out + per_part - 1) / per_part;
+    detail::run_parts(int(parts), [&](int k) { columns(size_t(k) * per_part, std::min(n_out, (size_t(k) + 1) * per_part)); });
   } else if (trailing) {
     size_t inner = n_out ? x.numel() / n_out : 0;
     for (size_t i = 0; i < n_out; ++i) {

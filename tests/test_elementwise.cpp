@@ -343,12 +343,17 @@ TEST_CASE("elementwise: errors name the op and the shapes") {
 }
 
 // Outputs larger than the L2 cache are computed in blocks and written with streaming stores
-// (ops/kernel.hpp, write_out). They must equal, bit for bit, what the same op writes plainly for
-// small pieces of the input, including a tail that is not a whole block.
-TEST_CASE("elementwise: outputs beyond the cache (streamed) equal the op on small pieces, bit for bit") {
+// (ops/kernel.hpp, write_out), at 2 threads in two runs of blocks side by side. They must equal, bit
+// for bit, what the same op writes plainly for small pieces of the input, including a tail that is
+// not a whole block; and so must the bias gradient's sum over the batch, cut into runs of columns.
+TEST_CASE("elementwise: outputs beyond the cache (streamed, cut between threads) equal the op on small pieces, bit for bit") {
+  const int before = get_num_threads();
+  for (int threads : {1, 2})
   for (Dtype dt : {kFloat32, kFloat64}) {
+    set_num_threads(threads);
     // ~6 times the threshold; rows·cols is no multiple of a block or a cache line
     const size_t cols = 1543, rows = 6 * kernel::streaming_threshold_bytes() / (cols * dtype_size(dt)) + 7;
+    CAPTURE(threads);
     CAPTURE(dt);
     CAPTURE(rows);
     std::vector<double> xv(rows * cols), yv(rows * cols);
@@ -364,10 +369,13 @@ TEST_CASE("elementwise: outputs beyond the cache (streamed) equal the op on smal
         {"mul", [](const Tensor& a, const Tensor& b) { return a * b; }},
         {"mul scalar", [](const Tensor& a, const Tensor&) { return a * 2.5; }},
         {"scalar sub", [](const Tensor& a, const Tensor&) { return 0.5 - a; }},
+        {"div scalar", [](const Tensor& a, const Tensor&) { return a / 3.0; }},
     };
     for (const auto& [name, f] : ops) {
       CAPTURE(name);
+      const unsigned long long jobs0 = detail::parallel_jobs();
       std::vector<double> big = f(x, y).to_vector();
+      CHECK(detail::parallel_jobs() - jobs0 == (threads > 1 ? 1u : 0u));  // the one large output was cut
       size_t mismatches = 0;
       // small pieces, well under the threshold; each but the last a multiple of 64 elements, so that
       // SIMD kernels split them into vector body and scalar tail exactly as they split the whole
@@ -395,7 +403,24 @@ TEST_CASE("elementwise: outputs beyond the cache (streamed) equal the op on smal
     }
     CHECK(bad_dx == 0);
     CHECK(bad_bias == 0);
+
+    // Σ over the batch (linear's db), each column summed in row order: exactly that sum in T
+    const unsigned long long jobs0 = detail::parallel_jobs();
+    std::vector<double> col_sums = sum(x, 0).to_vector();
+    CHECK(detail::parallel_jobs() - jobs0 == (threads > 1 ? 1u : 0u));
+    size_t bad_sum = 0;
+    for (size_t j = 0; j < cols; ++j) {
+      float s32 = 0;
+      double s64 = 0;
+      for (size_t i = 0; i < rows; ++i) {
+        s32 += float(xv[i * cols + j]);
+        s64 += xv[i * cols + j];
+      }
+      bad_sum += col_sums[j] != (dt == kFloat32 ? double(s32) : s64);
+    }
+    CHECK(bad_sum == 0);
   }
+  set_num_threads(before);
 }
 
 // The streaming copy itself, at every alignment of the destination and lengths around a chunk.
