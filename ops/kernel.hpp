@@ -224,9 +224,9 @@ void sum_axes(const Tensor& x, const Tensor& out, const std::vector<size_t>& axe
       for (size_t i = 0; i < outer; ++i)
         for (size_t j = lo; j < hi; ++j) dst[j] += src[i * n_out + j];
     };
+    if (x.numel() * sizeof(T) < streaming_threshold_bytes()) return columns(0, n_out);
     const size_t threads = size_t(detail::intra_op_threads());
-    if (threads < 2 || x.numel() * sizeof(T) < streaming_threshold_bytes() || n_out < 32 * threads)
-      return columns(0, n_out);
+    if (threads < 2 || n_out < 32 * threads) return columns(0, n_out);
     const size_t per_part = ((n_out + 15) / 16 + threads - 1) / threads * 16;  // multiples of 16 columns
     const size_t parts = (n_out + per_part - 1) / per_part;
     detail::run_parts(int(parts), [&](int k) { columns(size_t(k) * per_part, std::min(n_out, (size_t(k) + 1) * per_part)); });
