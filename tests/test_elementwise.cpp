@@ -346,7 +346,7 @@ TEST_CASE("elementwise: errors name the op and the shapes") {
 // (ops/kernel.hpp, write_out), at 2 threads in two runs of blocks side by side. They must equal, bit
 // for bit, what the same op writes plainly for small pieces of the input, including a tail that is
 // not a whole block; and so must the bias gradient's sum over the batch, cut into runs of columns.
-TEST_CASE("elementwise: outputs beyond the cache (streamed, cut between threads) equal the op on small pieces, bit for bit") {
+TEST_CASE("elementwise: outputs beyond the cache (streamed; cut between threads) equal the op on small pieces, bit for bit") {
   const int before = get_num_threads();
   for (int threads : {1, 2})
   for (Dtype dt : {kFloat32, kFloat64}) {
