@@ -8,14 +8,16 @@
 // registers), and A is read where it lies: a tile of kMR rows of C takes one broadcast of A(i,k) per
 // row and two loads of the panel per k, for 2·kMR fused multiply-adds into as many accumulators
 // (AVX2: 6 rows, 12 + 2 + 1 of the 16 registers; AVX-512: 12 rows, 24 + 2 of the 32).
-// Measured alone against OpenBLAS at one thread (medians of 15, bench-free kb program):
+// Measured alone against OpenBLAS at one thread (bench/bench_sgemm, medians):
 // - AVX2 on Zen 5 (Haswell kernels): the six W5 products 48–50 µs against 52–59 µs, W2's products
 //   with K ≤ 512 3–11 % faster, K = 784 2 % slower; larger products slower still, and on Zen 3's
 //   smaller L2 those whose A and C do not fit in it, hence sgemm_takes.
-// - On an AVX-512 Xeon (SkylakeX kernels) the AVX2 tile ran 1.1–1.6× OpenBLAS's time; the 12×32
-//   tile: W2's 128×256×512 204 against 252 µs, 512×256×128 (TN) 220 against 240, 128×512×256 (NT)
-//   206 against 260; W5's 32×128×128 7.1 against 7.0 (NN) and 14.1 (NT), its TN dW with K = 32
-//   7.4 against 6.6. 14 rows spill the accumulators (2× slower); 8 rows 2–5 % slower than 12.
+// - On an AVX-512 Xeon (SkylakeX kernels) the AVX2 tile ran 1.1–1.6× OpenBLAS's time but for the
+//   NT products; the 12×32 tile: W2's 128×256×512 203 against 252 µs, 512×256×128 (TN) 215
+//   against 241, 128×512×256 (NT) 205 against 261; W5's 32×128×128 7.2 against 9.2 (NN) and 14.1
+//   (NT), 128×128×32 (TN) 6.9 against 7.3. It loses on W2's 256×10×128 (TN), 10.5 against 7.5:
+//   one register of 10 columns, one broadcast per multiply-add. 14 rows spill the accumulators
+//   (2× slower); 8 rows 2–5 % slower than 12.
 // Each C(i,j) is summed over k in order, whatever the tile or the block of C a thread was given,
 // so a product's value does not depend on the thread count (nor on the register width).
 #include "sgemm.hpp"
