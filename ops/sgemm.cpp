@@ -15,9 +15,9 @@
 // - On an AVX-512 Xeon (SkylakeX kernels) the AVX2 tile ran 1.1–1.6× OpenBLAS's time but for the
 //   NT products; the 12×32 tile: W2's 128×256×512 203 against 252 µs, 512×256×128 (TN) 215
 //   against 241, 128×512×256 (NT) 205 against 261; W5's 32×128×128 7.2 against 9.2 (NN) and 14.1
-//   (NT), 128×128×32 (TN) 6.9 against 7.3. It loses on W2's 256×10×128 (TN), 10.5 against 7.5:
-//   one register of 10 columns, one broadcast per multiply-add. 14 rows spill the accumulators
-//   (2× slower); 8 rows 2–5 % slower than 12.
+//   (NT), 128×128×32 (TN) 6.9–7.7 against 6.6–7.3 (three runs). It loses on W2's 256×10×128 (TN),
+//   10.5 against 7.5: one register of 10 columns, one broadcast per multiply-add. 14 rows spill
+//   the accumulators (2× slower); 8 rows 2–5 % slower than 12.
 // Each C(i,j) is summed over k in order, whatever the tile or the block of C a thread was given,
 // so a product's value does not depend on the thread count (nor on the register width).
 #include "sgemm.hpp"
