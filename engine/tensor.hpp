@@ -176,4 +176,9 @@ Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator* gen = n
 void set_num_threads(int n);
 int get_num_threads();
 
+// The kernels OpenBLAS picked for this CPU, as it names them ("SkylakeX", "Haswell", "Zen", ...).
+// "Prescott" on a recent CPU means OpenBLAS did not know it; tapegrad then warns once on stderr at
+// its first BLAS product and names the OPENBLAS_CORETYPE to set (engine/blas.hpp).
+std::string blas_core();
+
 }  // namespace tapegrad

@@ -2,6 +2,7 @@
 // transposed in place when told to, so the backward of a product is two more products.
 #include <cblas.h>
 
+#include "../engine/blas.hpp"
 #include "../engine/parallel.hpp"
 #include "kernel.hpp"
 #include "sgemm.hpp"
@@ -49,6 +50,7 @@ void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, b
   }
   const size_t lda = ta ? M : K, ldb = tb ? K : N;
   const bool own = std::is_same_v<T, float> && kernel::sgemm_takes(M, N, K);  // small float32 products
+  if (!own) detail::warn_if_blas_fallback();
   const bool by_rows = M >= N;
   const size_t cut = by_rows ? M : N;  // the dimension cut into blocks
   size_t parts = double(M) * double(N) * double(K) < kSplitProduct ? 1 : size_t(detail::intra_op_threads());

@@ -2,11 +2,13 @@
 // with/without bias and with 3-D input — values against explicit loops, float64 gradcheck of
 // each and of its backward, the affine layer's hand-derived dW, db, dx, fan-out, and errors.
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <random>
 #include <tuple>
 
+#include "engine/blas.hpp"
 #include "engine/parallel.hpp"
 #include "helpers.hpp"
 #include "ops/sgemm.hpp"
@@ -444,4 +446,21 @@ TEST_CASE("linalg: a weight in several products: dW sums every product's xᵀ·d
   // Gradients of gradients through the shared weight: the products are recorded (create_graph).
   CHECK(gradgradcheck([&](const std::vector<Tensor>& t) { return sum(tanh(matmul(x1, t[0]))) + sum(tanh(matmul(x2, t[0]))); },
                       {W}).ok);
+}
+
+TEST_CASE("linalg: OpenBLAS's kernel pick, and the OPENBLAS_CORETYPE advice when it fell back to Prescott") {
+  // OpenBLAS names its pick; on a build host it is never empty.
+  const std::string core = blas_core();
+  CHECK(!core.empty());
+  // The name follows OPENBLAS_CORETYPE when that is set to a core this CPU can run (scripts set it).
+  if (const char* forced = std::getenv("OPENBLAS_CORETYPE"); forced && std::string(forced) == "SkylakeX")
+    CHECK(core == "SkylakeX");
+  // Advice only for the fallback, and only what the CPU can run.
+  CHECK(detail::blas_coretype_advice("Prescott", true, true) == "SkylakeX");
+  CHECK(detail::blas_coretype_advice("Prescott", true, false) == "Haswell");
+  CHECK(detail::blas_coretype_advice("Prescott", false, false) == "");
+  CHECK(detail::blas_coretype_advice("SkylakeX", true, true) == "");
+  CHECK(detail::blas_coretype_advice("Haswell", true, true) == "");
+  CHECK(detail::blas_coretype_advice("Zen", true, false) == "");
+  CHECK(detail::blas_coretype_advice("", true, true) == "");
 }
