@@ -453,8 +453,11 @@ TEST_CASE("linalg: OpenBLAS's kernel pick, and the OPENBLAS_CORETYPE advice when
   const std::string core = blas_core();
   CHECK(!core.empty());
   // The name follows OPENBLAS_CORETYPE when that is set to a core this CPU can run (scripts set it).
-  if (const char* forced = std::getenv("OPENBLAS_CORETYPE"); forced && std::string(forced) == "SkylakeX")
+#if defined(__x86_64__) || defined(__i386__)
+  if (const char* forced = std::getenv("OPENBLAS_CORETYPE");
+      forced && std::string(forced) == "SkylakeX" && __builtin_cpu_supports("avx512f"))
     CHECK(core == "SkylakeX");
+#endif
   // Advice only for the fallback, and only what the CPU can run.
   CHECK(detail::blas_coretype_advice("Prescott", true, true) == "SkylakeX");
   CHECK(detail::blas_coretype_advice("Prescott", true, false) == "Haswell");
