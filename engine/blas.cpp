@@ -38,9 +38,10 @@ void warn_if_blas_fallback() {
     if (advice.empty()) return;
     std::fprintf(stderr,
                  "tapegrad: OpenBLAS runs its %s kernels (SSE3), the fallback for a CPU it does not know, on a "
-                 "CPU with %s; its large matrix products run several times slower than they could (3-6x, measured on an AVX-512 Xeon). Start the program "
-                 "with OPENBLAS_CORETYPE=%s in its environment (OpenBLAS reads it only at load; tapegrad's "
-                 "scripts set it). TAPEGRAD_NO_BLAS_WARNING=1 silences this.\n",
+                 "CPU with %s; its large matrix products run several times slower than they could (3-6x, "
+                 "measured on an AVX-512 Xeon). Start the program with OPENBLAS_CORETYPE=%s in its environment "
+                 "(OpenBLAS reads it only at load; tapegrad's scripts set it). TAPEGRAD_NO_BLAS_WARNING=1 "
+                 "silences this.\n",
                  core.c_str(), avx512 ? "AVX-512" : "AVX2", advice.c_str());
   });
 }
