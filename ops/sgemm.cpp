@@ -80,13 +80,14 @@ constexpr size_t kMR = 6;  // rows of C per tile: 6×2 accumulators + 2 panel ve
 #endif
 constexpr size_t kNR = 2 * kW;  // columns of C per panel: two registers
 
-// C[0:R, 0:n] = alpha·Σ_k A(r,k)·P[k, 0:n] + beta·C, for n ≤ V·kW (P is zero past column n) and a
+// C[0:R, 0:n] = alpha·Σ_k A(r,k)·P[k·ldp, 0:n] + beta·C, for n ≤ V·kW (P is zero past column n) and a
 // panel of V = 1 or 2 registers (1: the last panel of a C narrower than half a panel, as W2's 10).
-// A(r,k) is at A + r·rsA + k·csA, so that A is read in place whether or not it is transposed.
+// A(r,k) is at A + r·rsA + k·csA, so that A is read in place whether or not it is transposed; P is
+// the packed panel (ldp = kNR) or B itself (ldp = ldb).
 // The loops over r are unrolled so that the accumulators live in registers, not on the stack.
 template <size_t R, size_t V>
-inline void tile(const float* A, size_t rsA, size_t csA, const float* P, size_t K, float* C, size_t ldc, size_t n,
-                 float alpha, float beta) {
+inline void tile(const float* A, size_t rsA, size_t csA, const float* P, size_t ldp, size_t K, float* C, size_t ldc,
+                 size_t n, float alpha, float beta) {
   vec acc[R][V];
 #pragma GCC unroll 12
   for (size_t r = 0; r < R; ++r)
@@ -94,7 +95,7 @@ inline void tile(const float* A, size_t rsA, size_t csA, const float* P, size_t 
 #pragma GCC unroll 2
   for (size_t k = 0; k < K; ++k) {
     vec b[V];
-    for (size_t v = 0; v < V; ++v) b[v] = vload(P + k * kNR + v * kW);
+    for (size_t v = 0; v < V; ++v) b[v] = vloadu(P + k * ldp + v * kW);
 #pragma GCC unroll 12
     for (size_t r = 0; r < R; ++r) {
       const vec a = vset1(A[r * rsA + k * csA]);
@@ -124,23 +125,23 @@ inline void tile(const float* A, size_t rsA, size_t csA, const float* P, size_t 
     for (size_t j = 0; j < n; ++j) C[r * ldc + j] = beta != 0.0f ? std::fma(beta, C[r * ldc + j], part[r][j]) : part[r][j];
 }
 
-// The tile of the last R rows (R < kMR): tile<R, V> by a search over R made at compile time.
-template <size_t V, size_t R = kMR - 1>
-inline void tile_rest(size_t rows, const float* A, size_t rsA, size_t csA, const float* P, size_t K, float* C,
-                      size_t ldc, size_t n, float alpha, float beta) {
+// The tile of the last R rows (R < MR): tile<R, V> by a search over R made at compile time.
+template <size_t V, size_t R>
+inline void tile_rest(size_t rows, const float* A, size_t rsA, size_t csA, const float* P, size_t ldp, size_t K,
+                      float* C, size_t ldc, size_t n, float alpha, float beta) {
   if constexpr (R > 0) {
-    if (rows == R) return tile<R, V>(A, rsA, csA, P, K, C, ldc, n, alpha, beta);
-    tile_rest<V, R - 1>(rows, A, rsA, csA, P, K, C, ldc, n, alpha, beta);
+    if (rows == R) return tile<R, V>(A, rsA, csA, P, ldp, K, C, ldc, n, alpha, beta);
+    tile_rest<V, R - 1>(rows, A, rsA, csA, P, ldp, K, C, ldc, n, alpha, beta);
   }
 }
 
-// All M rows of C against one panel: tiles of kMR rows, then one of the rest.
-template <size_t V>
-void panel_rows(const float* A, size_t rsA, size_t csA, const float* P, size_t K, float* C, size_t ldc, size_t M,
-                size_t n, float alpha, float beta) {
+// All M rows of C against one panel: tiles of MR rows, then one of the rest.
+template <size_t V, size_t MR>
+void panel_rows(const float* A, size_t rsA, size_t csA, const float* P, size_t ldp, size_t K, float* C, size_t ldc,
+                size_t M, size_t n, float alpha, float beta) {
   size_t i = 0;
-  for (; i + kMR <= M; i += kMR) tile<kMR, V>(A + i * rsA, rsA, csA, P, K, C + i * ldc, ldc, n, alpha, beta);
-  tile_rest<V>(M - i, A + i * rsA, rsA, csA, P, K, C + i * ldc, ldc, n, alpha, beta);
+  for (; i + MR <= M; i += MR) tile<MR, V>(A + i * rsA, rsA, csA, P, ldp, K, C + i * ldc, ldc, n, alpha, beta);
+  tile_rest<V, MR - 1>(M - i, A + i * rsA, rsA, csA, P, ldp, K, C + i * ldc, ldc, n, alpha, beta);
 }
 
 // P[k, c] = B[c, k] for c < 8, k < 8: eight rows of Bᵀ's 8×8 block become eight panel rows.
@@ -184,31 +185,68 @@ void pack_panel(const float* B, size_t ldb, bool tb, size_t K, size_t j, size_t 
     for (size_t c = 0; c < kNR; ++c) P[k * kNR + c] = c < n ? B[(j + c) * ldb + k] : 0.0f;
 }
 
+// Every panel of C: op(B)'s columns j.. packed into P, or read in place when the layout says so
+// and the panel is a full one of an untransposed B (its rows are then kNR contiguous floats of B's).
+template <size_t MR>
+void panels(const float* A, size_t rsA, size_t csA, const float* B, size_t ldb, bool tb, float* P, float* C,
+            size_t ldc, size_t M, size_t N, size_t K, bool b_in_place, float alpha, float beta) {
+  for (size_t j = 0; j < N; j += kNR) {
+    const size_t n = std::min(kNR, N - j);
+    const bool in_place = b_in_place && !tb && n == kNR;
+    if (!in_place) pack_panel(B, ldb, tb, K, j, n, P);
+    const float* Pj = in_place ? B + j : P;
+    const size_t ldp = in_place ? ldb : kNR;
+    if (n <= kW)
+      panel_rows<1, MR>(A, rsA, csA, Pj, ldp, K, C + j, ldc, M, n, alpha, beta);
+    else
+      panel_rows<2, MR>(A, rsA, csA, Pj, ldp, K, C + j, ldc, M, n, alpha, beta);
+  }
+}
+
 }  // namespace
 
+std::vector<kernel::SgemmLayout> kernel::sgemm_layouts() {
+#if defined(__AVX512F__)
+  return {{kMR, false}, {8, true}};
+#else
+  return {{kMR, false}};
+#endif
+}
+
+kernel::SgemmLayout kernel::sgemm_layout() {
+  static const SgemmLayout layout = [] {
+#if defined(__AVX512F__)
+    if (__builtin_cpu_is("amd")) return SgemmLayout{8, true};  // Zen 4: see the figures at the top
+#endif
+    return sgemm_layouts().front();
+  }();
+  return layout;
+}
+
 void kernel::sgemm(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
-                   size_t ldc, bool ta, bool tb, float alpha, float beta) {
+                   size_t ldc, bool ta, bool tb, float alpha, float beta, SgemmLayout layout) {
   assert(K <= kSgemmMaxK);
+  assert(layout.rows == kMR || (kW == 16 && layout.rows == 8));
   thread_local std::vector<float> buffer;  // one panel, 64-byte aligned inside
   if (buffer.size() < kSgemmMaxK * kNR + 16) buffer.resize(kSgemmMaxK * kNR + 16);
   auto addr = reinterpret_cast<std::uintptr_t>(buffer.data());
   float* P = buffer.data() + ((64 - addr % 64) % 64) / sizeof(float);
   const size_t rsA = ta ? 1 : lda, csA = ta ? lda : 1;  // A(i,k) = A[i·rsA + k·csA]
-  for (size_t j = 0; j < N; j += kNR) {
-    const size_t n = std::min(kNR, N - j);
-    pack_panel(B, ldb, tb, K, j, n, P);
-    if (n <= kW)
-      panel_rows<1>(A, rsA, csA, P, K, C + j, ldc, M, n, alpha, beta);
-    else
-      panel_rows<2>(A, rsA, csA, P, K, C + j, ldc, M, n, alpha, beta);
-  }
+#if defined(__AVX512F__)
+  if (layout.rows == 8)
+    panels<8>(A, rsA, csA, B, ldb, tb, P, C, ldc, M, N, K, layout.b_in_place, alpha, beta);
+  else
+#endif
+    panels<kMR>(A, rsA, csA, B, ldb, tb, P, C, ldc, M, N, K, layout.b_in_place, alpha, beta);
   ++g_sgemm_calls;
 }
 
 #else  // kHasSgemm is false: gemm never calls this
 
+std::vector<kernel::SgemmLayout> kernel::sgemm_layouts() { return {}; }
+kernel::SgemmLayout kernel::sgemm_layout() { return {0, false}; }
 void kernel::sgemm(const float*, const float*, float*, size_t, size_t, size_t, size_t, size_t, size_t, bool, bool,
-                   float, float) {
+                   float, float, SgemmLayout) {
   assert(false);
 }
 

@@ -2,6 +2,7 @@
 // tapegrad's own float32 product kernel, for small products (ops/sgemm.cpp says why).
 // ops/linalg.cpp's gemm is its only caller in the library; tests call it directly and through mm.
 #include <cstddef>
+#include <vector>
 
 namespace tapegrad {
 namespace kernel {
@@ -31,10 +32,24 @@ inline bool sgemm_takes(size_t M, size_t N, size_t K, size_t l2 = l2_bytes()) {
   return kHasSgemm && K <= kSgemmMaxK && M * K <= 65536 && M * N <= 131072 && sizeof(float) * (M * K + M * N) <= l2;
 }
 
+// How the kernel lays out its work: rows of C per register tile, and whether a full panel of an
+// untransposed B is read where it lies rather than copied first. Which is faster depends on the
+// core (ops/sgemm.cpp has the figures); the value of C does not, as every C(i,j) is summed over k
+// in the same order either way.
+struct SgemmLayout {
+  size_t rows;
+  bool b_in_place;
+};
+// The layouts this build has: {6, copy} on AVX2; {12, copy} and {8, in place} on AVX-512.
+std::vector<SgemmLayout> sgemm_layouts();
+// The one for this CPU, chosen once: {8, in place} on an AMD core with AVX-512, else the first.
+SgemmLayout sgemm_layout();
+
 // C[M,N] = alpha·op(A)·op(B) + beta·C, row-major with row strides lda, ldb, ldc, as cblas_sgemm;
-// C is not read when beta = 0. Only for K ≤ kSgemmMaxK (asserted), in a build with kHasSgemm.
+// C is not read when beta = 0. Only for K ≤ kSgemmMaxK (asserted), in a build with kHasSgemm, and
+// a layout of sgemm_layouts().
 void sgemm(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
-           size_t ldc, bool ta, bool tb, float alpha, float beta);
+           size_t ldc, bool ta, bool tb, float alpha, float beta, SgemmLayout layout = sgemm_layout());
 
 }  // namespace kernel
 

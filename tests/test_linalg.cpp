@@ -1,7 +1,9 @@
 // Linear algebra: matmul (2-D, batched 3-D·3-D, 3-D·2-D), mm with every transpose flag, linear
 // with/without bias and with 3-D input — values against explicit loops, float64 gradcheck of
 // each and of its backward, the affine layer's hand-derived dW, db, dx, fan-out, and errors.
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <functional>
 #include <limits>
@@ -299,11 +301,12 @@ TEST_CASE("linalg: at 2 threads products are cut into blocks, with the values an
   CHECK_THROWS_WITH_AS(set_num_threads(0), doctest::Contains("set_num_threads: need at least 1 thread, got 0"), Error);
 }
 
-// The kernel alone, against sums in double: C = alpha·op(A)·op(B) + beta·C for tiles of 1–12 rows
-// and more (6-row tiles on AVX2, 12-row on AVX-512), panels of 16 and 32 columns and parts of one
-// (a part of at most half a panel runs on one register), K with and without a tail of the 8×8 transpose,
+// The kernel alone, against sums in double, in every layout the build has (6-row tiles on AVX2;
+// 12-row, and 8-row reading B in place, on AVX-512), whichever this CPU runs: C = alpha·op(A)·op(B)
+// + beta·C for tiles of 1–12 rows and more, panels of 16 and 32 columns and parts of one (a part of
+// at most half a panel runs on one register), K with and without a tail of the 8×8 transpose,
 // operands read in place with row strides wider than the matrix (the gaps hold NaN, so a read of one
-// shows), and beta = 0 over a C of NaN (C must not be read).
+// shows), and beta = 0 over a C of NaN (C must not be read). The layouts give the same bits.
 TEST_CASE("linalg: sgemm, tapegrad's float32 kernel, against double sums: tiles, panels, strides, alpha and beta") {
   if (!kernel::kHasSgemm) return;  // a build without AVX2 and FMA: BLAS runs every product
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -311,6 +314,10 @@ TEST_CASE("linalg: sgemm, tapegrad's float32 kernel, against double sums: tiles,
   std::uniform_real_distribution<float> U(-1.0f, 1.0f);
   struct AB { float alpha, beta; };
   const std::vector<AB> scalars = {{1.0f, 0.0f}, {1.0f, 1.0f}, {-0.01f, 0.999f}};
+  const std::vector<kernel::SgemmLayout> layouts = kernel::sgemm_layouts();
+  const kernel::SgemmLayout mine = kernel::sgemm_layout();
+  CHECK(std::any_of(layouts.begin(), layouts.end(),
+                    [&](const kernel::SgemmLayout& l) { return l.rows == mine.rows && l.b_in_place == mine.b_in_place; }));
   size_t cases = 0;
   for (size_t M : {1, 2, 5, 6, 7, 11, 12, 13, 32})
     for (size_t N : {1, 15, 16, 17, 31, 32, 33, 40, 128})
@@ -332,8 +339,15 @@ TEST_CASE("linalg: sgemm, tapegrad's float32 kernel, against double sums: tiles,
             CAPTURE(M); CAPTURE(N); CAPTURE(K); CAPTURE(ta); CAPTURE(tb); CAPTURE(s.alpha); CAPTURE(s.beta);
             REQUIRE(kernel::sgemm_takes(M, N, K));
             const unsigned long long calls0 = detail::sgemm_calls();
-            kernel::sgemm(A.data(), B.data(), C.data(), M, N, K, lda, ldb, ldc, ta, tb, s.alpha, s.beta);
+            kernel::sgemm(A.data(), B.data(), C.data(), M, N, K, lda, ldb, ldc, ta, tb, s.alpha, s.beta,
+                          layouts.front());
             CHECK(detail::sgemm_calls() - calls0 == 1u);
+            for (size_t l = 1; l < layouts.size(); ++l) {
+              std::vector<float> Cl = C0;
+              kernel::sgemm(A.data(), B.data(), Cl.data(), M, N, K, lda, ldb, ldc, ta, tb, s.alpha, s.beta, layouts[l]);
+              CAPTURE(layouts[l].rows);
+              CHECK(std::memcmp(Cl.data(), C.data(), M * ldc * sizeof(float)) == 0);  // NaN gaps compare as bits
+            }
             ++cases;
             size_t bad = 0;
             for (size_t i = 0; i < M; ++i) {
