@@ -4,10 +4,11 @@
 // W5's products ([32,128]·[128,128] and the like, 64 of each per step) that packing was 13.6 % of
 // the step's samples. Here only a panel of two registers' width of op(B) is copied (16 columns on
 // AVX2, 32 on AVX-512), K rows of it into one contiguous buffer (read in place, rows of B 512 bytes
-// apart fall into few of L1's sets and evict each other; for Bᵀ the copy is 8×8 transposes in
-// registers), and A is read where it lies: a tile of kMR rows of C takes one broadcast of A(i,k) per
-// row and two loads of the panel per k, for 2·kMR fused multiply-adds into as many accumulators
-// (AVX2: 6 rows, 12 + 2 + 1 of the 16 registers; AVX-512: 12 rows, 24 + 2 of the 32).
+// apart fall into few of L1's sets and evict each other, but on Zen 4, below; for Bᵀ the copy is
+// 8×8 transposes in registers), and A is read where it lies: a tile of R rows of C takes one
+// broadcast of A(i,k) per row and two loads of the panel per k, for 2·R fused multiply-adds into as
+// many accumulators (AVX2: 6 rows, 12 + 2 + 1 of the 16 registers; AVX-512: 12 rows, 24 + 2 of the
+// 32, or 8 on Zen 4).
 // Measured alone against OpenBLAS at one thread (bench/bench_sgemm, medians):
 // - AVX2 on Zen 5 (Haswell kernels): the six W5 products 48–50 µs against 52–59 µs, W2's products
 //   with K ≤ 512 3–11 % faster, K = 784 2 % slower; larger products slower still, and on Zen 3's
@@ -18,6 +19,16 @@
 //   (NT), 128×128×32 (TN) 6.9–7.7 against 6.6–7.3 (three runs). It loses on W2's 256×10×128 (TN),
 //   10.5 against 7.5: one register of 10 columns, one broadcast per multiply-add. 14 rows spill
 //   the accumulators (2× slower); 8 rows 2–5 % slower than 12.
+// - On Zen 4 (AVX-512 on 256-bit units; OpenBLAS's Cooperlake kernels, whose NN products of W5's
+//   size take its unpacked "direct" path) the 12-row tile took 10.3–11.0 µs for W5's NN and TN
+//   products with 128 columns, where OpenBLAS took 9.2–9.8, and 5.2–5.5 for the 64-column ones,
+//   where it took 4.6–4.8. 8-row tiles (hot, alone: 116.6 against 111.9 GFLOP/s) that read a full
+//   panel of an untransposed B in place: 9.2–10.0 and 4.6–5.0 µs, the NT products unchanged
+//   (10.1–10.2 against OpenBLAS's 13.3), W2's products with 256 and 512 columns 0.87–0.89× of
+//   OpenBLAS's time (were 0.90–0.97); W5's step about 3 % faster. Reading B in place on the AVX2
+//   tile (one cache line per panel row) made W2's products 11–15 % slower there, and the Xeons were
+//   measured with the packed 12-row tile only: so only an AMD core with AVX-512 reads B in place
+//   (sgemm_layout).
 // Each C(i,j) is summed over k in order, whatever the tile or the block of C a thread was given,
 // so a product's value does not depend on the thread count (nor on the register width).
 #include "sgemm.hpp"
@@ -216,7 +227,7 @@ std::vector<kernel::SgemmLayout> kernel::sgemm_layouts() {
 kernel::SgemmLayout kernel::sgemm_layout() {
   static const SgemmLayout layout = [] {
 #if defined(__AVX512F__)
-    if (__builtin_cpu_is("amd")) return SgemmLayout{8, true};  // Zen 4: see the figures at the top
+    if (__builtin_cpu_is("amd")) return SgemmLayout{8, true};  // Zen 4: the figures at the top
 #endif
     return sgemm_layouts().front();
   }();
