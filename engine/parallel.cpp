@@ -50,15 +50,18 @@ struct Team {
   static bool open(uint64_t j) { return (j & 0xffff) < ((j >> 16) & 0xffff); }
 
   // Claims and runs parts of the current job until none is left (or, for helper `index`, until it
-  // no longer takes part).
-  void work(int index = -1) {
+  // no longer takes part); returns how many it ran.
+  int work(int index = -1) {
+    int ran = 0;
     uint64_t j = job.load(std::memory_order_acquire);
     while (open(j) && index < active.load(std::memory_order_relaxed))
       if (job.compare_exchange_weak(j, j + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
         part(ctx, int(j & 0xffff));
         done.fetch_add(1, std::memory_order_release);
+        ++ran;
         j = job.load(std::memory_order_acquire);
       }
+    return ran;
   }
 
   // A helper spins a little after its last part, since products come in bursts (W5 runs 384 a
@@ -130,21 +133,22 @@ void set_intra_op_threads(int n) {
 
 unsigned long long parallel_jobs() { return jobs_cut; }
 
-void run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx) {
+int run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx) {
   Team& t = team();
   if (parts >= 2) ++jobs_cut;
   std::unique_lock<std::mutex> lock(t.use, std::defer_lock);
   if (parts <= 1 || parts > 0xffff || !lock.try_lock() || t.active.load() == 0) {
     for (int k = 0; k < parts; ++k) part(ctx, k);
-    return;
+    return 0;
   }
   t.part = part;
   t.ctx = ctx;
   t.done.store(0, std::memory_order_relaxed);
   t.job.store(uint64_t(++t.last_id) << 32 | uint64_t(parts) << 16);  // seq_cst: publishes part, ctx
   if (t.sleepers.load() > 0) t.wake_all();
-  t.work();
+  const int mine = t.work();
   while (t.done.load(std::memory_order_acquire) < parts) cpu_relax();
+  return parts - mine;
 }
 
 }  // namespace tapegrad::detail

@@ -11,18 +11,19 @@ namespace tapegrad::detail {
 int intra_op_threads();
 void set_intra_op_threads(int n);
 
-// Runs part(ctx, k) for every k in [0, parts) and returns when all have run. The caller runs parts
-// too and never waits for a helper to wake: it takes any part no helper has taken yet. When the
-// helpers are busy with another thread's work, the caller runs every part itself. A part must not
-// throw, and parts must write disjoint memory.
-void run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx);
+// Runs part(ctx, k) for every k in [0, parts) and returns when all have run, with the number of
+// parts helpers ran. The caller runs parts too and never waits for a helper to wake: it takes any
+// part no helper has taken yet. When the helpers are busy with another thread's work, or asleep
+// and slow to wake, the caller runs every part itself (and 0 is returned). A part must not throw,
+// and parts must write disjoint memory.
+int run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx);
 
 // Jobs of two parts or more this thread has run, with helpers or alone (for tests).
 unsigned long long parallel_jobs();
 
 template <class F>
-void run_parts(int parts, const F& part) {
-  run_parts(parts, [](const void* f, int k) { (*static_cast<const F*>(f))(k); }, &part);
+int run_parts(int parts, const F& part) {
+  return run_parts(parts, [](const void* f, int k) { (*static_cast<const F*>(f))(k); }, &part);
 }
 
 }  // namespace tapegrad::detail

@@ -2,6 +2,12 @@
 // transposed in place when told to, so the backward of a product is two more products.
 #include <cblas.h>
 
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <map>
+
 #include "../engine/blas.hpp"
 #include "../engine/parallel.hpp"
 #include "kernel.hpp"
@@ -35,12 +41,97 @@ constexpr double kSplitProduct = 1e5;
 // Blocks are whole multiples of this many rows (or columns), so the kernels' register tiles stay full.
 constexpr size_t kBlockQuantum = 16;
 
+// Whether cutting a small product pays depends on how far apart the cores are. On the Zen 4 VM
+// of 4 Dec 2026 W5's products ran about 25 % faster cut in two; on the Zen 5 VM of 6 Dec, whose
+// two vCPUs are ~210 ns apart (a cache line's round trip 420 ns), a [32,128]·[128,128] product
+// whose A the caller had just written took 6.8 µs whole and 17.7 cut: the helper pulls its
+// operands from the caller's cache and the caller pulls the helper's half of C back, and W5's
+// step took 3.9 ms at 2 threads against 2.0 at 1. So calls of each shape that would be cut on
+// tapegrad's own kernel are timed: a run of them whole, then a run cut, each after one untimed
+// call that puts the data where that way wants it (calls cut and whole in turn would both pay for
+// moving C between the cores). A timed cut call ends when the caller has read C back, which the
+// next op would pay for otherwise, and counts only if a helper ran a part: a helper asleep wakes
+// slowly on that VM, the caller meanwhile runs every part, and such calls timed as fast as whole
+// ones. The shape is cut from then on when that was clearly faster (a wrong cut costs up to 2.6×,
+// a wrong whole at most the cut's gain), or whole if the helpers never took part. Per thread,
+// decided once, and not in the shape's first calls, which are cut as before: a first training
+// step faults in its buffers' pages, and on that VM a fault took ~10 µs, more than a product.
+// On that kernel a block's values are the whole's bit for bit, so the choice moves only the
+// time. Products on BLAS are cut by size alone: a block there may round apart from the whole, and
+// a value should not depend on a timing.
+constexpr unsigned kCutWarmCalls = 64;  // calls before the timing starts (W5: one step's)
+constexpr unsigned kCutTrials = 5;      // timed calls of each way; their medians decide
+constexpr unsigned kCutTries = 4 * kCutTrials;  // cut calls that may go without a helper's part
+constexpr float kCutMustWin = 0.9f;     // cut when its median is below this share of whole's
+constexpr size_t kMaxCutShapes = 1024;  // shapes remembered per thread; beyond, products are cut
+std::atomic<detail::ProductCut> g_product_cut{detail::ProductCut::measure};
+
+struct CutTrials {
+  unsigned calls = 0;      // calls of this shape so far
+  unsigned tries = 0;      // cut calls timed, with or without a helper
+  unsigned n[2] = {0, 0};  // calls that count: [0] whole, [1] cut with a helper's part
+  float us[2][kCutTrials];
+  bool decided = false, cut_pays = false;
+};
+thread_local std::map<std::array<size_t, 6>, CutTrials> t_cut_trials;
+
+float median_of(float* v, size_t n) {
+  std::nth_element(v, v + n / 2, v + n);
+  return v[n / 2];
+}
+
+// Takes every cache line of [p, p + bytes) to this core for writing (rewrites a byte of each
+// with its own value): a timing then includes moving them here, as reading C and later reusing
+// its memory would. A read alone leaves the other core a copy, whose invalidation comes later.
+void pull(void* p, size_t bytes) {
+  auto* c = static_cast<volatile unsigned char*>(p);
+  for (size_t i = 0; i < bytes; i += 64) c[i] = c[i];
+}
+
+// Runs a product whole() or cut() (which returns the parts helpers ran), as measured for its shape
+// (above); its output is C_bytes at C.
+template <class Whole, class Cut>
+void whole_or_cut(const std::array<size_t, 6>& shape, Whole whole, Cut cut, void* C, size_t C_bytes) {
+  const detail::ProductCut policy = g_product_cut.load(std::memory_order_relaxed);
+  if (policy != detail::ProductCut::measure) return policy == detail::ProductCut::always ? (void)cut() : whole();
+  auto it = t_cut_trials.find(shape);
+  if (it == t_cut_trials.end()) {
+    if (t_cut_trials.size() >= kMaxCutShapes) return (void)cut();
+    it = t_cut_trials.emplace(shape, CutTrials{}).first;
+  }
+  CutTrials& t = it->second;
+  if (t.decided) return t.cut_pays ? (void)cut() : whole();
+  if (++t.calls <= kCutWarmCalls) return (void)cut();
+  const unsigned way = t.n[0] < kCutTrials ? 0 : 1;
+  const bool first = t.calls == kCutWarmCalls + 1 || (way == 1 && t.n[1] == 0 && t.tries == 0);
+  const auto start = std::chrono::steady_clock::now();
+  int helped = 0;
+  if (way == 1) {
+    helped = cut();
+    pull(C, C_bytes);
+  } else {
+    whole();
+  }
+  const float us = std::chrono::duration<float, std::micro>(std::chrono::steady_clock::now() - start).count();
+  if (way == 1) ++t.tries;
+  if (first || (way == 1 && helped == 0)) {
+    if (t.tries <= kCutTries) return;
+    t.decided = true;  // the helpers did not take part: cutting gains nothing
+    return;
+  }
+  t.us[way][t.n[way]++] = us;
+  if (t.n[1] < kCutTrials) return;
+  t.cut_pays = median_of(t.us[1], kCutTrials) < kCutMustWin * median_of(t.us[0], kCutTrials);
+  t.decided = true;
+}
+
 // C = alpha·op(A)·op(B) + beta·C. At n threads (set_num_threads) a product is cut into up to n
 // blocks of C's rows, or of its columns when C is wider than tall, one single-threaded gemm_block
-// each, run side by side (detail::run_parts). The blocks depend on the thread count alone, not on
-// whether the helpers were free, so a result is the same at that count every time; on tapegrad's
-// own kernel it is also that of one thread bit for bit, while OpenBLAS's kernels may sum a block in
-// another order than the whole, by a few ulps (tests/test_linalg.cpp).
+// each, run side by side (detail::run_parts); on tapegrad's own kernel only when that was measured
+// to pay (whole_or_cut). The blocks depend on the thread count alone, not on whether the helpers
+// were free, so a result is the same at that count every time; on tapegrad's own kernel it is also
+// that of one thread bit for bit, while OpenBLAS's kernels may sum a block in another order than
+// the whole, by a few ulps (tests/test_linalg.cpp).
 template <class T>
 void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, bool tb, T beta, T alpha = T(1)) {
   if (M == 0 || N == 0) return;
@@ -55,16 +146,21 @@ void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, b
   const size_t cut = by_rows ? M : N;  // the dimension cut into blocks
   size_t parts = double(M) * double(N) * double(K) < kSplitProduct ? 1 : size_t(detail::intra_op_threads());
   const size_t quanta = cut / kBlockQuantum, per_part = parts > 1 && quanta > 1 ? (quanta + parts - 1) / parts : 0;
-  if (per_part == 0) return gemm_block<T>(own, A, B, C, M, N, K, lda, ldb, N, ta, tb, beta, alpha);
+  auto whole = [&] { gemm_block<T>(own, A, B, C, M, N, K, lda, ldb, N, ta, tb, beta, alpha); };
+  if (per_part == 0) return whole();
   parts = (quanta + per_part - 1) / per_part;  // blocks of per_part quanta; the last takes the rest
   const size_t step = per_part * kBlockQuantum;
-  detail::run_parts(int(parts), [&](int k) {
-    const size_t lo = size_t(k) * step, len = size_t(k) + 1 == parts ? cut - lo : step;
-    if (by_rows)  // rows lo.. of C are rows lo.. of op(A)
-      gemm_block<T>(own, ta ? A + lo : A + lo * lda, B, C + lo * N, len, N, K, lda, ldb, N, ta, tb, beta, alpha);
-    else  // columns lo.. of C are columns lo.. of op(B)
-      gemm_block<T>(own, A, tb ? B + lo * ldb : B + lo, C + lo, M, len, K, lda, ldb, N, ta, tb, beta, alpha);
-  });
+  auto in_blocks = [&] {
+    return detail::run_parts(int(parts), [&](int k) {
+      const size_t lo = size_t(k) * step, len = size_t(k) + 1 == parts ? cut - lo : step;
+      if (by_rows)  // rows lo.. of C are rows lo.. of op(A)
+        gemm_block<T>(own, ta ? A + lo : A + lo * lda, B, C + lo * N, len, N, K, lda, ldb, N, ta, tb, beta, alpha);
+      else  // columns lo.. of C are columns lo.. of op(B)
+        gemm_block<T>(own, A, tb ? B + lo * ldb : B + lo, C + lo, M, len, K, lda, ldb, N, ta, tb, beta, alpha);
+    });
+  };
+  if (!own) return (void)in_blocks();
+  whole_or_cut({M, N, K, size_t(ta), size_t(tb), parts}, whole, in_blocks, C, M * N * sizeof(T));
 }
 
 std::string op_str(const Shape& s, bool t) { return s.str() + (t ? "ᵀ" : ""); }
@@ -107,6 +203,8 @@ void add_product(Backward& g, size_t i, const Tensor& A, const Tensor& B, bool t
 }
 
 }  // namespace
+
+void detail::set_product_cut(ProductCut policy) { g_product_cut.store(policy); }
 
 // mm: C = op(A)·op(B)
 //   dA = dC·op(B)ᵀ   (or op(B)·dCᵀ when A was read transposed)

@@ -56,5 +56,11 @@ void sgemm(const float* A, const float* B, float* C, size_t M, size_t N, size_t 
 namespace detail {
 // Products run by kernel::sgemm on this thread so far (tests: which kernel ran a product).
 unsigned long long sgemm_calls();
+
+// Whether a product on kernel::sgemm large enough to be cut among the threads is cut: measured
+// per shape (the default: its first calls run whole and cut in turn, and the faster way is kept,
+// ops/linalg.cpp says why), always, or never. Process-wide; tests set it to count the cuts.
+enum class ProductCut { measure, always, never };
+void set_product_cut(ProductCut policy);
 }  // namespace detail
 }  // namespace tapegrad

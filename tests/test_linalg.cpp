@@ -241,6 +241,12 @@ TEST_CASE("linalg: errors name the op and the shapes") {
   CHECK_THROWS_WITH_AS(linear(scalar_tensor(1.0), W), doctest::Contains("linear: shapes x []"), Error);
 }
 
+// Sets detail::set_product_cut for a scope, then back to the default (measure).
+struct ProductCutPolicy {
+  explicit ProductCutPolicy(detail::ProductCut p) { detail::set_product_cut(p); }
+  ~ProductCutPolicy() { detail::set_product_cut(detail::ProductCut::measure); }
+};
+
 // At n threads (set_num_threads) a product of 10⁵ multiply-adds or more is cut into blocks of its
 // output's rows, or columns when it is wider than tall, in multiples of 16, computed side by side
 // (ops/linalg.cpp). The values and gradients are those of one thread up to the rounding of sums
@@ -248,6 +254,7 @@ TEST_CASE("linalg: errors name the op and the shapes") {
 // Zen; float64 2 ulps on its SkylakeX kernels, for blocks of columns, where Zen's were bit for bit).
 TEST_CASE("linalg: at 2 threads products are cut into blocks, with the values and gradients of 1 thread") {
   const int before = get_num_threads();
+  const ProductCutPolicy always(detail::ProductCut::always);  // products on the kernel too, not as measured
   struct Case { size_t M, K, N; };
   const std::vector<Case> cases = {
       {64, 48, 40},   // C by rows: 2 blocks of 32
@@ -386,6 +393,7 @@ TEST_CASE("linalg: float32 mm runs tapegrad's kernel for K <= 512, M*K <= 65536,
     return detail::sgemm_calls() - calls0;
   };
   const unsigned long long own = kernel::kHasSgemm ? 1 : 0;
+  const ProductCutPolicy always(detail::ProductCut::always);  // the count of cuts below, not as measured
   CHECK(calls_for(32, 512, 128, kFloat32) == own);
   CHECK(calls_for(128, 512, 8, kFloat32) == own);   // M·K = 65,536
   CHECK(calls_for(32, 513, 128, kFloat32) == 0u);   // K > 512
@@ -425,6 +433,49 @@ TEST_CASE("linalg: float32 mm runs tapegrad's kernel for K <= 512, M*K <= 65536,
 
 // Backward::add_into: a weight that several products use gets its gradient summed by the gemms
 // themselves (beta = 1 into the pending buffer) instead of a summand per product added afterwards.
+// Whether a product on the kernel is cut at 2 threads is measured per shape (ops/linalg.cpp): its
+// first 64 calls are cut, then some run whole and some cut, timed, and the faster way stays. The
+// values never depend on it; the choice, once made, holds for every later call of the shape; a
+// product on BLAS (float64 here) is cut by its size whatever the policy.
+TEST_CASE("linalg: at 2 threads a product on the kernel is cut or not as measured for its shape, with 1 thread's values") {
+  const int before = get_num_threads();
+  const size_t M = 32, K = 128, N = 96;  // 393,216 multiply-adds: cut into 2 blocks of columns
+  Tensor a = from_vector(leaf64({M, K}, 15).to_vector(), {M, K}, kFloat32);
+  Tensor b = from_vector(leaf64({K, N}, 16).to_vector(), {K, N}, kFloat32);
+  set_num_threads(1);
+  const std::vector<double> one = mm(a, b).to_vector();
+  set_num_threads(2);
+  auto cuts_in = [&](int calls) {  // of `calls` products, how many were cut; each must equal `one`
+    const unsigned long long jobs0 = detail::parallel_jobs();
+    size_t differ = 0;
+    for (int i = 0; i < calls; ++i) differ += mm(a, b).to_vector() != one;
+    CHECK(differ == 0u);
+    return detail::parallel_jobs() - jobs0;
+  };
+  if (kernel::kHasSgemm) {
+    CHECK(cuts_in(64) == 64u);      // the first calls: cut, as before any measurement
+    const unsigned long long trials = cuts_in(200);  // at most 6 whole and 26 cut, then as chosen
+    const unsigned long long later = cuts_in(40);
+    CHECK((later == 0u || later == 40u));  // decided once: every later call the same way
+    CHECK(trials >= (later == 40u ? 194u : 1u));
+    CHECK(trials <= (later == 40u ? 200u : 26u));
+  }
+  {
+    const ProductCutPolicy never(detail::ProductCut::never);
+    CHECK(cuts_in(3) == (kernel::kHasSgemm ? 0u : 3u));  // without the kernel, BLAS runs it
+    Tensor a64 = from_vector(leaf64({M, K}, 15).to_vector(), {M, K}, kFloat64);
+    Tensor b64 = from_vector(leaf64({K, N}, 16).to_vector(), {K, N}, kFloat64);
+    const unsigned long long jobs0 = detail::parallel_jobs();
+    mm(a64, b64);
+    CHECK(detail::parallel_jobs() - jobs0 == 1u);  // BLAS's product: by size alone
+  }
+  {
+    const ProductCutPolicy always(detail::ProductCut::always);
+    CHECK(cuts_in(3) == 3u);
+  }
+  set_num_threads(before);
+}
+
 TEST_CASE("linalg: a weight in several products: dW sums every product's xᵀ·dout, added in place by gemm") {
   auto constant = [](const Shape& s, uint64_t seed) { return from_vector(leaf64(s, seed).to_vector(), s, kFloat64); };
   Tensor W = leaf64({3, 2}, 40);

@@ -233,11 +233,14 @@ TEST_CASE("threads: run_parts runs every part exactly once, with callers on 4 th
     for (int j = 0; j < count; ++j) {
       const int parts = 2 + int((seed + uint64_t(j) * 7) % 6);
       std::vector<int> hits(size_t(parts), 0);  // plain ints: parts write disjoint memory
-      detail::run_parts(parts, [&](int k) {
+      std::atomic<int> elsewhere{0};
+      const int helped = detail::run_parts(parts, [&](int k) {
         for (volatile int spin = 0; spin < 2000; spin = spin + 1) {}  // a part's worth of work
         hits[size_t(k)] += 1 + k;
-        if (std::this_thread::get_id() != caller) ++on_helpers;
+        if (std::this_thread::get_id() != caller) ++elsewhere;
       });
+      on_helpers += uint64_t(elsewhere);
+      bad += helped != elsewhere;  // it returns the parts helpers ran
       for (int k = 0; k < parts; ++k) bad += hits[size_t(k)] != 1 + k;
     }
     return bad;
