@@ -23,6 +23,20 @@ std::string blas_coretype_advice(std::string_view core, bool avx2_fma, bool avx5
   return avx2_fma ? "Haswell" : "";
 }
 
+int blas_float_lanes(std::string_view core) {
+  for (std::string_view sse : {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Opteron",
+                               "Opteron_SSE3", "Barcelona", "Nano", "Katmai", "Coppermine", "Northwood"})
+    if (core == sse) return 4;
+  for (std::string_view avx : {"Sandybridge", "Haswell", "Zen", "Bulldozer", "Piledriver", "Steamroller", "Excavator"})
+    if (core == avx) return 8;
+  return 16;
+}
+
+int blas_float_lanes() {
+  static const int lanes = blas_float_lanes(blas_core());
+  return lanes;
+}
+
 void warn_if_blas_fallback() {
   static std::once_flag once;
   std::call_once(once, [] {

@@ -16,6 +16,13 @@ namespace tapegrad::detail {
 // "" when the pick is not the fallback, or the CPU has nothing better.
 std::string blas_coretype_advice(std::string_view core, bool avx2_fma, bool avx512);
 
+// How many floats one vector register of OpenBLAS's kernels for `core` holds: 4 for its SSE kernels
+// (Prescott, Nehalem, ...), 8 for the AVX ones (Haswell, Zen, Sandybridge, Bulldozer's family),
+// else 16 (SkylakeX, Cooperlake, SapphireRapids, and any name this list does not know: assume the
+// best). blas_float_lanes() is that of the kernels in use, read once.
+int blas_float_lanes(std::string_view core);
+int blas_float_lanes();
+
 // Once per process, on stderr, when OpenBLAS runs its fallback kernels on a CPU that has better
 // ones: what it costs and which OPENBLAS_CORETYPE to set. Silent with TAPEGRAD_NO_BLAS_WARNING=1.
 void warn_if_blas_fallback();

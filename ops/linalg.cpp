@@ -18,14 +18,29 @@ using namespace kernel;
 
 namespace {
 
+// Who runs a product: BLAS, or one of tapegrad's float32 kernels (ops/sgemm.cpp), sgemm for small
+// products or sgemm_large for large ones where OpenBLAS's kernels are narrower than the build's.
+// Decided for the whole product, so every block of it at n threads runs on the same kernel.
+enum class By { blas, sgemm, sgemm_large };
+
+template <class T>
+By kernel_for(size_t M, size_t N, size_t K) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (kernel::sgemm_takes(M, N, K)) return By::sgemm;
+    if (kernel::sgemm_large_takes(M, N, K, detail::blas_float_lanes())) return By::sgemm_large;
+  }
+  return By::blas;
+}
+
 // C[M,N] = alpha·op(A)·op(B) + beta·C, row-major, where A/B are stored [rows, cols] as given and
 // lda/ldb/ldc are their row strides (so that a block of rows or columns is a gemm of its own).
-// own: on tapegrad's float32 kernel (ops/sgemm.cpp), else on BLAS.
 template <class T>
-void gemm_block(bool own, const T* A, const T* B, T* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
+void gemm_block(By by, const T* A, const T* B, T* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
                 size_t ldc, bool ta, bool tb, T beta, T alpha) {
-  if constexpr (std::is_same_v<T, float>)
-    if (own) return kernel::sgemm(A, B, C, M, N, K, lda, ldb, ldc, ta, tb, alpha, beta);
+  if constexpr (std::is_same_v<T, float>) {
+    if (by == By::sgemm) return kernel::sgemm(A, B, C, M, N, K, lda, ldb, ldc, ta, tb, alpha, beta);
+    if (by == By::sgemm_large) return kernel::sgemm_large(A, B, C, M, N, K, lda, ldb, ldc, ta, tb, alpha, beta);
+  }
   auto opA = ta ? CblasTrans : CblasNoTrans, opB = tb ? CblasTrans : CblasNoTrans;
   auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
   auto a = static_cast<int>(lda), b = static_cast<int>(ldb), c = static_cast<int>(ldc);
@@ -59,6 +74,8 @@ constexpr size_t kBlockQuantum = 16;
 // On that kernel a block's values are the whole's bit for bit, so the choice moves only the
 // time. Products on BLAS are cut by size alone: a block there may round apart from the whole, and
 // a value should not depend on a timing.
+constexpr double kCutUnmeasured = 1e7;  // multiply-adds from which a product is cut unmeasured: at
+                                        // ~100 per ns, moving even 1 MB between the cores costs less
 constexpr unsigned kCutWarmCalls = 64;  // calls before the timing starts (W5: one step's)
 constexpr unsigned kCutTrials = 5;      // timed calls of each way; their medians decide
 constexpr unsigned kCutTries = 4 * kCutTrials;  // cut calls that may go without a helper's part
@@ -140,13 +157,13 @@ void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, b
     return;
   }
   const size_t lda = ta ? M : K, ldb = tb ? K : N;
-  const bool own = std::is_same_v<T, float> && kernel::sgemm_takes(M, N, K);  // small float32 products
-  if (!own) detail::warn_if_blas_fallback();
+  const By by = kernel_for<T>(M, N, K);
+  if (by == By::blas) detail::warn_if_blas_fallback();
   const bool by_rows = M >= N;
   const size_t cut = by_rows ? M : N;  // the dimension cut into blocks
   size_t parts = double(M) * double(N) * double(K) < kSplitProduct ? 1 : size_t(detail::intra_op_threads());
   const size_t quanta = cut / kBlockQuantum, per_part = parts > 1 && quanta > 1 ? (quanta + parts - 1) / parts : 0;
-  auto whole = [&] { gemm_block<T>(own, A, B, C, M, N, K, lda, ldb, N, ta, tb, beta, alpha); };
+  auto whole = [&] { gemm_block<T>(by, A, B, C, M, N, K, lda, ldb, N, ta, tb, beta, alpha); };
   if (per_part == 0) return whole();
   parts = (quanta + per_part - 1) / per_part;  // blocks of per_part quanta; the last takes the rest
   const size_t step = per_part * kBlockQuantum;
@@ -154,12 +171,12 @@ void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, b
     return detail::run_parts(int(parts), [&](int k) {
       const size_t lo = size_t(k) * step, len = size_t(k) + 1 == parts ? cut - lo : step;
       if (by_rows)  // rows lo.. of C are rows lo.. of op(A)
-        gemm_block<T>(own, ta ? A + lo : A + lo * lda, B, C + lo * N, len, N, K, lda, ldb, N, ta, tb, beta, alpha);
+        gemm_block<T>(by, ta ? A + lo : A + lo * lda, B, C + lo * N, len, N, K, lda, ldb, N, ta, tb, beta, alpha);
       else  // columns lo.. of C are columns lo.. of op(B)
-        gemm_block<T>(own, A, tb ? B + lo * ldb : B + lo, C + lo, M, len, K, lda, ldb, N, ta, tb, beta, alpha);
+        gemm_block<T>(by, A, tb ? B + lo * ldb : B + lo, C + lo, M, len, K, lda, ldb, N, ta, tb, beta, alpha);
     });
   };
-  if (!own) return (void)in_blocks();
+  if (by == By::blas || double(M) * double(N) * double(K) >= kCutUnmeasured) return (void)in_blocks();
   whole_or_cut({M, N, K, size_t(ta), size_t(tb), parts}, whole, in_blocks, C, M * N * sizeof(T));
 }
 

@@ -1,4 +1,6 @@
-// tapegrad's own float32 product kernel, for the small products that sgemm_takes (ops/sgemm.hpp).
+// tapegrad's own float32 product kernel, for the small products that sgemm_takes (ops/sgemm.hpp),
+// and the same tiles blocked for the caches (sgemm_large, below) for large products where
+// OpenBLAS's kernels are narrower than this build's (sgemm_large_takes).
 //
 // Why not BLAS for these: OpenBLAS packs both operands into its own layout on every call, and for
 // W5's products ([32,128]·[128,128] and the like, 64 of each per step) that packing was 13.6 % of
@@ -96,9 +98,13 @@ constexpr size_t kNR = 2 * kW;  // columns of C per panel: two registers
 // A(r,k) is at A + r·rsA + k·csA, so that A is read in place whether or not it is transposed; P is
 // the packed panel (ldp = kNR) or B itself (ldp = ldb).
 // The loops over r are unrolled so that the accumulators live in registers, not on the stack.
-template <size_t R, size_t V>
+template <size_t R, size_t V, size_t PackedA = 0>
 inline void tile(const float* A, size_t rsA, size_t csA, const float* P, size_t ldp, size_t K, float* C, size_t ldc,
                  size_t n, float alpha, float beta) {
+  if constexpr (PackedA > 0) {  // A packed by pack_a: known strides, so each broadcast is at a fixed offset
+    rsA = 1;
+    csA = PackedA;
+  }
   vec acc[R][V];
 #pragma GCC unroll 12
   for (size_t r = 0; r < R; ++r)
@@ -137,12 +143,12 @@ inline void tile(const float* A, size_t rsA, size_t csA, const float* P, size_t 
 }
 
 // The tile of the last R rows (R < MR): tile<R, V> by a search over R made at compile time.
-template <size_t V, size_t R>
+template <size_t V, size_t R, size_t PackedA = 0>
 inline void tile_rest(size_t rows, const float* A, size_t rsA, size_t csA, const float* P, size_t ldp, size_t K,
                       float* C, size_t ldc, size_t n, float alpha, float beta) {
   if constexpr (R > 0) {
-    if (rows == R) return tile<R, V>(A, rsA, csA, P, ldp, K, C, ldc, n, alpha, beta);
-    tile_rest<V, R - 1>(rows, A, rsA, csA, P, ldp, K, C, ldc, n, alpha, beta);
+    if (rows == R) return tile<R, V, PackedA>(A, rsA, csA, P, ldp, K, C, ldc, n, alpha, beta);
+    tile_rest<V, R - 1, PackedA>(rows, A, rsA, csA, P, ldp, K, C, ldc, n, alpha, beta);
   }
 }
 
@@ -214,7 +220,83 @@ void panels(const float* A, size_t rsA, size_t csA, const float* B, size_t ldb, 
   }
 }
 
+// ---- large products: blocked ---------------------------------------------------------------------
+// Blocks of op(A) and op(B) are packed so that every tile reads both contiguously: op(B) in blocks
+// of kKC rows by up to kNC columns, as panels of kNR columns (one panel, kKC×kNR floats, stays near
+// while the tiles of a block of A pass over it), and op(A) in blocks of kMC rows by kKC, as
+// micro-panels of kMR rows stored k-major (a block, 288 KB on AVX-512, stays in L2). C is summed
+// over one block of k at a time (beta on the first, 1 after), so each C(i,j) is summed in the order
+// of k, in the same blocks whichever block of C a thread was given. On the Zen 5 VM (6 Dec 2026, one
+// thread, bench/bench_sgemm): W3's 512×2048×2048 NN and NT and
+// 2048×2048×512 TN at 186-213 GFLOP/s, W2's 128×512×784 and 784×512×128 at 186-215, where
+// OpenBLAS's Haswell kernels ran 89-101 and its SkylakeX ones 200. kKC 256 and 384 ran 5-15 %
+// slower; kMC from 8 to 24 micro-panels within the noise.
+constexpr size_t kKC = kernel::kSgemmMaxK;
+constexpr size_t kMC = 12 * kMR;
+constexpr size_t kNC = 2048;
+
+// Ap[p·kMR·kc + k·kMR + r] = op(A)(i + p·kMR + r, k0 + k) for the m rows from i (the last
+// micro-panel's missing rows are left as they are: tile_rest never reads them).
+void pack_a(const float* A, size_t lda, bool ta, size_t i, size_t m, size_t k0, size_t kc, float* Ap) {
+  for (size_t p = 0; p < m; p += kMR) {
+    const size_t rows = std::min(kMR, m - p);
+    float* dst = Ap + p * kc;
+    if (ta)  // op(A)(i, k) = A[k·lda + i]: a micro-panel's k-th row is a piece of A's row k
+      for (size_t k = 0; k < kc; ++k)
+        for (size_t r = 0; r < rows; ++r) dst[k * kMR + r] = A[(k0 + k) * lda + i + p + r];
+    else  // op(A)(i, k) = A[i·lda + k]: row by row, each read in order
+      for (size_t r = 0; r < rows; ++r) {
+        const float* a = A + (i + p + r) * lda + k0;
+        for (size_t k = 0; k < kc; ++k) dst[k * kMR + r] = a[k];
+      }
+  }
+}
+
+void sgemm_blocked(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
+                   size_t ldc, bool ta, bool tb, float alpha, float beta) {
+  thread_local std::vector<float> a_buffer, b_buffer;
+  auto aligned = [](std::vector<float>& v, size_t floats) {
+    if (v.size() < floats + 16) v.resize(floats + 16);
+    auto addr = reinterpret_cast<std::uintptr_t>(v.data());
+    return v.data() + ((64 - addr % 64) % 64) / sizeof(float);
+  };
+  float* Ap = aligned(a_buffer, kMC * kKC);
+  float* Bp = aligned(b_buffer, kKC * ((std::min(kNC, N) + kNR - 1) / kNR * kNR));
+  for (size_t j0 = 0; j0 < N; j0 += kNC) {
+    const size_t nc = std::min(kNC, N - j0);
+    for (size_t k0 = 0; k0 < K; k0 += kKC) {
+      const size_t kc = std::min(kKC, K - k0);
+      const float b_k = k0 == 0 ? beta : 1.0f;  // later blocks of k add to the first's
+      const float* Bk = tb ? B + k0 : B + k0 * ldb;
+      for (size_t j = 0; j < nc; j += kNR) pack_panel(Bk, ldb, tb, kc, j0 + j, std::min(kNR, nc - j), Bp + j * kc);
+      for (size_t i0 = 0; i0 < M; i0 += kMC) {
+        const size_t mc = std::min(kMC, M - i0);
+        pack_a(A, lda, ta, i0, mc, k0, kc, Ap);
+        for (size_t j = 0; j < nc; j += kNR) {
+          const size_t n = std::min(kNR, nc - j);
+          const float* P = Bp + j * kc;
+          float* Cj = C + i0 * ldc + j0 + j;
+          size_t i = 0;
+          if (n > kW) {
+            for (; i + kMR <= mc; i += kMR) tile<kMR, 2, kMR>(Ap + i * kc, 1, kMR, P, kNR, kc, Cj + i * ldc, ldc, n, alpha, b_k);
+            tile_rest<2, kMR - 1, kMR>(mc - i, Ap + i * kc, 1, kMR, P, kNR, kc, Cj + i * ldc, ldc, n, alpha, b_k);
+          } else {
+            for (; i + kMR <= mc; i += kMR) tile<kMR, 1, kMR>(Ap + i * kc, 1, kMR, P, kNR, kc, Cj + i * ldc, ldc, n, alpha, b_k);
+            tile_rest<1, kMR - 1, kMR>(mc - i, Ap + i * kc, 1, kMR, P, kNR, kc, Cj + i * ldc, ldc, n, alpha, b_k);
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void kernel::sgemm_large(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda,
+                         size_t ldb, size_t ldc, bool ta, bool tb, float alpha, float beta) {
+  sgemm_blocked(A, B, C, M, N, K, lda, ldb, ldc, ta, tb, alpha, beta);
+  ++g_sgemm_calls;
+}
 
 std::vector<kernel::SgemmLayout> kernel::sgemm_layouts() {
 #if defined(__AVX512F__)
@@ -254,6 +336,10 @@ void kernel::sgemm(const float* A, const float* B, float* C, size_t M, size_t N,
 
 #else  // kHasSgemm is false: gemm never calls this
 
+void kernel::sgemm_large(const float*, const float*, float*, size_t, size_t, size_t, size_t, size_t, size_t, bool,
+                         bool, float, float) {
+  assert(false);
+}
 std::vector<kernel::SgemmLayout> kernel::sgemm_layouts() { return {}; }
 kernel::SgemmLayout kernel::sgemm_layout() { return {0, false}; }
 void kernel::sgemm(const float*, const float*, float*, size_t, size_t, size_t, size_t, size_t, size_t, bool, bool,

@@ -12,6 +12,12 @@ constexpr bool kHasSgemm = true;
 #else
 constexpr bool kHasSgemm = false;  // no AVX2 and FMA in this build: BLAS runs every product
 #endif
+// Floats in one of the kernel's vector registers: 16 where the build has AVX-512, else 8.
+#if defined(__AVX512F__)
+constexpr int kSgemmLanes = 16;
+#else
+constexpr int kSgemmLanes = 8;
+#endif
 
 // The L2 cache of one core, in bytes, as the C library reports it (sysconf), or 512 KiB when it
 // does not say; read once.
@@ -50,6 +56,21 @@ SgemmLayout sgemm_layout();
 // a layout of sgemm_layouts().
 void sgemm(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
            size_t ldc, bool ta, bool tb, float alpha, float beta, SgemmLayout layout = sgemm_layout());
+
+// Whether sgemm_large takes a product that sgemm does not: when OpenBLAS's kernels have narrower
+// registers than this build's (blas_lanes, detail::blas_float_lanes()), as where OpenBLAS falls back
+// to SSE3 on a CPU it does not know, or where OPENBLAS_CORETYPE=Haswell is set on an AVX-512 CPU
+// (the Zen 5 VM of 6 Dec 2026: OpenBLAS's W3 products at 98-101 GFLOP/s, sgemm_large's at 186-213,
+// OpenBLAS's own AVX-512 ones, SkylakeX, at 200), and when C has a panel's worth of columns and the
+// sum at least 64 terms: on 512×2048×10 (K = 10) it took 1.8× OpenBLAS's time, packing for little.
+inline bool sgemm_large_takes(size_t M, size_t N, size_t K, int blas_lanes) {
+  return kHasSgemm && kSgemmLanes > blas_lanes && M >= 16 && N >= 2 * size_t(kSgemmLanes) && K >= 64;
+}
+
+// The same for products of any size, blocked for the caches (ops/sgemm.cpp): blocks of 512 k's,
+// so each C(i,j) is rounded once per block rather than once.
+void sgemm_large(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
+                 size_t ldc, bool ta, bool tb, float alpha, float beta);
 
 }  // namespace kernel
 

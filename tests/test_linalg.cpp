@@ -378,6 +378,98 @@ TEST_CASE("linalg: sgemm, tapegrad's float32 kernel, against double sums: tiles,
   CHECK(cases == 9u * 9u * 6u * 4u * 3u);
 }
 
+// The blocked kernel for large products (kernel::sgemm_large), called directly whatever this
+// machine's OpenBLAS runs, against sums in double: blocks of k (512: K = 530 and 1030 cross one
+// and two), of rows (12 micro-panels: M = 150 crosses one on AVX-512 and two on AVX2) and of
+// columns (2048: N = 2100), panels of 32, 16 and fewer columns, strides wider than the matrices
+// (the gaps hold NaN), beta = 0 over a C of NaN. Then blocks of C's rows and columns computed
+// apart, as at 2 threads, give the whole's bits.
+TEST_CASE("linalg: sgemm_large, the blocked float32 kernel, against double sums; its blocks give the whole's bits") {
+  if (!kernel::kHasSgemm) return;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::mt19937 rng(12);
+  std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+  struct Case { size_t M, N, K; };
+  struct AB { float alpha, beta; };
+  for (const Case& c : std::vector<Case>{{150, 40, 530}, {16, 2100, 64}, {13, 33, 1030}, {29, 8, 70}})
+    for (int flags = 0; flags < 4; ++flags)
+      for (const AB& s : std::vector<AB>{{1.0f, 0.0f}, {-0.01f, 0.999f}}) {
+        const bool ta = flags & 1, tb = flags & 2;
+        const size_t M = c.M, N = c.N, K = c.K;
+        const size_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+        const size_t lda = ac + 3, ldb = bc + 1, ldc = N + 2;
+        std::vector<float> A(ar * lda, nan), B(br * ldb, nan), C(M * ldc, nan);
+        for (size_t r = 0; r < ar; ++r)
+          for (size_t q = 0; q < ac; ++q) A[r * lda + q] = U(rng);
+        for (size_t r = 0; r < br; ++r)
+          for (size_t q = 0; q < bc; ++q) B[r * ldb + q] = U(rng);
+        if (s.beta != 0.0f)
+          for (size_t i = 0; i < M; ++i)
+            for (size_t j = 0; j < N; ++j) C[i * ldc + j] = U(rng);
+        const std::vector<float> C0 = C;
+        CAPTURE(M); CAPTURE(N); CAPTURE(K); CAPTURE(ta); CAPTURE(tb); CAPTURE(s.beta);
+        const unsigned long long calls0 = detail::sgemm_calls();
+        kernel::sgemm_large(A.data(), B.data(), C.data(), M, N, K, lda, ldb, ldc, ta, tb, s.alpha, s.beta);
+        CHECK(detail::sgemm_calls() - calls0 == 1u);
+        size_t bad = 0;
+        for (size_t i = 0; i < M; ++i) {
+          for (size_t j = 0; j < N; ++j) {
+            double sum = 0, size = 0;
+            for (size_t k = 0; k < K; ++k) {
+              double a = A[ta ? k * lda + i : i * lda + k], b = B[tb ? j * ldb + k : k * ldb + j];
+              sum += a * b;
+              size += std::fabs(a * b);
+            }
+            const double c0 = s.beta != 0.0f ? double(C0[i * ldc + j]) : 0.0;
+            const double want = double(s.alpha) * sum + double(s.beta) * c0;
+            const double tol = double(K + 4) * 6e-8 * (std::fabs(double(s.alpha)) * size + std::fabs(c0)) + 1e-30;
+            if (!(std::fabs(double(C[i * ldc + j]) - want) <= tol)) ++bad;
+          }
+          for (size_t j = N; j < ldc; ++j) bad += !std::isnan(C[i * ldc + j]);  // the gaps stay unwritten
+        }
+        CHECK(bad == 0);
+        // Two blocks of rows, then two of columns, each a product of its own (gemm's cut at 2 threads).
+        for (bool by_rows : {true, false}) {
+          std::vector<float> D = C0;
+          const size_t cut = (by_rows ? M : N) / 2;
+          for (size_t part = 0; part < 2; ++part) {
+            const size_t lo = part ? cut : 0, len = part ? (by_rows ? M : N) - cut : cut;
+            if (by_rows)
+              kernel::sgemm_large(ta ? A.data() + lo : A.data() + lo * lda, B.data(), D.data() + lo * ldc, len, N, K,
+                                  lda, ldb, ldc, ta, tb, s.alpha, s.beta);
+            else
+              kernel::sgemm_large(A.data(), tb ? B.data() + lo * ldb : B.data() + lo, D.data() + lo, M, len, K, lda,
+                                  ldb, ldc, ta, tb, s.alpha, s.beta);
+          }
+          size_t differ = 0;
+          for (size_t i = 0; i < M; ++i)
+            for (size_t j = 0; j < N; ++j) differ += std::memcmp(&D[i * ldc + j], &C[i * ldc + j], sizeof(float)) != 0;
+          CAPTURE(by_rows);
+          CHECK(differ == 0u);
+        }
+      }
+}
+
+// Which products sgemm_large takes: only where OpenBLAS's registers hold fewer floats than the
+// kernel's, and for a C of at least 16 rows and a panel of columns and sums of at least 64 terms.
+TEST_CASE("linalg: sgemm_large takes large products only where OpenBLAS's kernels are narrower") {
+  CHECK(detail::blas_float_lanes("Prescott") == 4);
+  CHECK(detail::blas_float_lanes("Haswell") == 8);
+  CHECK(detail::blas_float_lanes("Zen") == 8);
+  CHECK(detail::blas_float_lanes("SkylakeX") == 16);
+  CHECK(detail::blas_float_lanes("Cooperlake") == 16);
+  CHECK(detail::blas_float_lanes("a core named after this test") == 16);  // unknown: assume the best
+  const bool k = kernel::kHasSgemm;
+  const size_t panel = 2 * size_t(kernel::kSgemmLanes);
+  CHECK(kernel::sgemm_large_takes(512, 2048, 2048, 4) == k);
+  CHECK(kernel::sgemm_large_takes(512, 2048, 2048, 8) == (k && kernel::kSgemmLanes == 16));
+  CHECK_FALSE(kernel::sgemm_large_takes(512, 2048, 2048, 16));
+  CHECK_FALSE(kernel::sgemm_large_takes(15, 2048, 2048, 4));       // fewer than 16 rows
+  CHECK_FALSE(kernel::sgemm_large_takes(512, panel - 1, 2048, 4));  // less than a panel of columns
+  CHECK(kernel::sgemm_large_takes(512, panel, 2048, 4) == k);
+  CHECK_FALSE(kernel::sgemm_large_takes(512, 2048, 63, 4));        // sums of fewer than 64 terms
+}
+
 // Through mm: small float32 products run on the kernel, larger ones and float64 on BLAS; and
 // a float32 product cut into blocks at 2 threads has the value of 1 thread bit for bit, since each
 // entry is summed over k in the same order whichever thread ran its block.
@@ -396,7 +488,9 @@ TEST_CASE("linalg: float32 mm runs tapegrad's kernel for K <= 512, M*K <= 65536,
   const ProductCutPolicy always(detail::ProductCut::always);  // the count of cuts below, not as measured
   CHECK(calls_for(32, 512, 128, kFloat32) == own);
   CHECK(calls_for(128, 512, 8, kFloat32) == own);   // M·K = 65,536
-  CHECK(calls_for(32, 513, 128, kFloat32) == 0u);   // K > 512
+  // K > 512: BLAS, or the blocked kernel where OpenBLAS's kernels are narrower (sgemm_large_takes)
+  const unsigned long long large = kernel::sgemm_large_takes(32, 128, 513, detail::blas_float_lanes()) ? 1 : 0;
+  CHECK(calls_for(32, 513, 128, kFloat32) == large);
   CHECK(calls_for(129, 512, 8, kFloat32) == 0u);    // M·K > 65,536
   // M·N = 131,072: A and C take 545 KB, more than a 512 KiB L2 holds
   const bool fits = kernel::l2_bytes() >= sizeof(float) * (512 * 10 + 512 * 256);
