@@ -59,13 +59,42 @@ Tensor sub(const Tensor& a, const Tensor& b, CallSite site) {
   });
 }
 
+// Input i's gradient dout·other, summed to input i's shape. When nothing was broadcast, the
+// tensors are small (below the size write_out streams or cuts) and no graph of the backward is
+// built, one loop writes it, or adds it, straight into input i's gradient (Backward::add_into): a
+// factor used in many products (W1's a, 10,000 times) sums them in place, with no temporary and
+// no op call for each. W1's backward 203-206 -> 155-161 ns/op (Zen 5 VM, 6 Dec 2026, runs of
+// the two builds in turn on one vCPU).
+static void add_mul_grad(Backward& g, size_t i, const Tensor& other, const char* rule) {
+  if (!g.wants(i)) return;
+  const Tensor& dout = g.dout();
+  const Shape& shape = g.input(i).shape();
+  if (g.create_graph() || dout.shape() != shape || other.shape() != shape ||
+      dout.impl()->nbytes() >= streaming_threshold_bytes()) {
+    g.add(i, sum_to(mul(dout, other), shape), rule);
+    return;
+  }
+  g.add_into(i, [&](Tensor& dst, bool accumulate) {
+    dispatch("mul", dst.dtype(), [&]<class T>() {
+      T* d = dst.data_ptr<T>();
+      const T* x = dout.data_ptr<T>();
+      const T* y = other.data_ptr<T>();
+      const size_t n = dst.numel();
+      if (accumulate)
+        for (size_t k = 0; k < n; ++k) d[k] += x[k] * y[k];
+      else
+        for (size_t k = 0; k < n; ++k) d[k] = x[k] * y[k];
+    });
+  }, rule);
+}
+
 // mul: y = a·b      da = dy·b      db = dy·a
 Tensor mul(const Tensor& a, const Tensor& b, CallSite site) {
   const SiteScope in(site);
   Tensor out = binary("mul", a, b, [](auto&& x, auto&& y) { return x * y; });
   return record("mul", out, {a, b}, [](Backward& g) {
-    if (g.wants(0)) g.add(0, sum_to(mul(g.dout(), g.input(1)), g.input(0).shape()), "da += sum_to(dout·b)");
-    if (g.wants(1)) g.add(1, sum_to(mul(g.dout(), g.input(0)), g.input(1).shape()), "db += sum_to(dout·a)");
+    add_mul_grad(g, 0, g.input(1), "da += sum_to(dout·b)");
+    add_mul_grad(g, 1, g.input(0), "db += sum_to(dout·a)");
   });
 }
 

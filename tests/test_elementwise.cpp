@@ -317,6 +317,34 @@ TEST_CASE("elementwise: hand-derived gradients and fan-out") {
   GRADCHECK(f, leaf64({2, 3}, 804), leaf64({3}, 805, 0.5, 1.5));
 }
 
+// mul's backward writes a gradient of an unbroadcast, small product straight into its input's
+// pending gradient (ops/elementwise.cpp, add_mul_grad): a factor used T times sums T contributions
+// in place. The chain y ← y·a from x0: dL/da = T·a^(T−1)·x0 and dL/dx0 = a^T, elementwise.
+TEST_CASE("elementwise: a factor in many products sums its gradient in place, to the hand formula") {
+  const size_t T = 50;
+  const std::vector<double> av = {0.99, 1.01, -0.98, 0.5}, xv = {1.5, -2.0, 0.25, 3.0};
+  Tensor a = from_vector(av, {4}, dtype(kFloat64).requires_grad());
+  Tensor x0 = from_vector(xv, {4}, dtype(kFloat64).requires_grad());
+  Tensor y = x0;
+  for (size_t t = 0; t < T; ++t) y = y * a;
+  const uint64_t in_place0 = detail::added_in_place();
+  sum(y).backward();
+  CHECK(detail::added_in_place() - in_place0 == T - 1);  // every contribution to a's but the first
+  std::vector<double> da, dx;
+  for (size_t k = 0; k < 4; ++k) {
+    da.push_back(double(T) * std::pow(av[k], double(T - 1)) * xv[k]);
+    dx.push_back(std::pow(av[k], double(T)));
+  }
+  check_values(a.grad(), da, 1e-12);
+  check_values(x0.grad(), dx, 1e-12);
+  // A broadcast factor takes the general path: sum_to(dout·x), then added.
+  Tensor s = from_vector({0.9}, {1}, dtype(kFloat64).requires_grad());
+  Tensor z = x0.detach();
+  for (size_t t = 0; t < 3; ++t) z = z * s;
+  sum(z).backward();
+  check_values(s.grad(), {3 * 0.81 * (1.5 - 2.0 + 0.25 + 3.0)}, 1e-12);
+}
+
 TEST_CASE("elementwise: errors name the op and the shapes") {
   Tensor a = zeros({2, 3}), b = zeros({4});
   CHECK_THROWS_WITH_AS(a + b, doctest::Contains("add: shapes [2,3] and [4] cannot be broadcast"), Error);
