@@ -3,10 +3,25 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <string>
 #include <tapegrad/tapegrad.hpp>
 #include <vector>
 
 namespace tg = tapegrad;
+
+// Set by scripts/ci-sanitize and scripts/ci-tsan: memory figures then include the sanitizer's own.
+inline bool under_sanitizer() { return std::getenv("TAPEGRAD_SANITIZER") != nullptr; }
+
+// Resident memory of this process in kB (VmRSS from /proc/self/status), 0 if unavailable.
+inline long resident_kb() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
+  return 0;
+}
 
 // A float64 leaf with reproducible values in [lo, hi).
 inline tg::Tensor leaf64(const tg::Shape& shape, uint64_t seed, double lo = -1.0, double hi = 1.0) {

@@ -20,17 +20,6 @@ using namespace tapegrad;
 
 namespace {
 
-bool under_sanitizer() { return std::getenv("TAPEGRAD_SANITIZER") != nullptr; }
-
-// Resident memory of this process in kB (VmRSS from /proc/self/status), 0 if unavailable.
-long resident_kb() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
-  return 0;
-}
-
 uint32_t refs(const Tensor& t) { return t.impl()->refs.load(); }
 
 // A small MLP: x [B,I] -> linear -> tanh -> linear -> y [B,1], mean-squared loss.
