@@ -10,6 +10,9 @@
 extern "C" {
 void openblas_set_num_threads(int);
 int openblas_get_num_threads(void);
+// OpenBLAS's own (exported, undocumented) call that ends its thread pool, as it does before a
+// fork. Weak: a BLAS without it leaves the pointer null.
+int blas_thread_shutdown_(void) __attribute__((weak));
 }
 
 namespace tapegrad::detail {
@@ -124,7 +127,12 @@ int intra_op_threads() {
 void set_intra_op_threads(int n) {
   Team& t = team();
   std::lock_guard<std::mutex> lock(t.use);  // no job is running
+  // OpenBLAS on one thread from now on, and its idle workers ended: started for
+  // OPENBLAS_NUM_THREADS = n at load, they spin on sched_yield for their first ~0.1 s and then
+  // sleep; on the Zen 5 VM (6 Dec 2026) that spin cost W1 1.5 % at 2 threads (243 against 240
+  // ns/op, 10 runs each). OpenBLAS starts them again if it is ever asked for more threads.
   openblas_set_num_threads(1);
+  if (blas_thread_shutdown_) blas_thread_shutdown_();
   for (; t.helpers < n - 1; ++t.helpers) std::thread([&t, index = t.helpers] { t.helper_loop(index); }).detach();
   t.active.store(n - 1);
   t.wake_all();  // helpers asleep see the new count

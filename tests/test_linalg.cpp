@@ -450,6 +450,30 @@ TEST_CASE("linalg: sgemm_large, the blocked float32 kernel, against double sums;
       }
 }
 
+// set_num_threads puts OpenBLAS on one thread and ends its idle worker threads (engine/parallel.cpp).
+// A program that then asks OpenBLAS itself for threads gets them back: its products stay right.
+extern "C" void openblas_set_num_threads(int);
+extern "C" int openblas_get_num_threads(void);
+TEST_CASE("linalg: OpenBLAS runs on its own threads again when asked after set_num_threads ended them") {
+  const int before = get_num_threads();
+  const size_t n = 384;  // 56 M multiply-adds: OpenBLAS cuts it among its threads
+  Tensor a = leaf64({n, n}, 61), b = leaf64({n, n}, 62);
+  set_num_threads(2);
+  set_num_threads(1);  // tapegrad cuts nothing; OpenBLAS on one thread, its workers ended
+  const std::vector<double> one = mm(a.detach(), b.detach()).to_vector();
+  openblas_set_num_threads(2);
+  CHECK(openblas_get_num_threads() == 2);
+  const std::vector<double> two = mm(a.detach(), b.detach()).to_vector();
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < one.size(); ++i) {
+    worst = std::max(worst, std::fabs(two[i] - one[i]));
+    scale = std::max(scale, std::fabs(one[i]));
+  }
+  CHECK(worst <= 1e-13 * scale);
+  set_num_threads(before);
+  CHECK(openblas_get_num_threads() == 1);
+}
+
 // Which products sgemm_large takes: only where OpenBLAS's registers hold fewer floats than the
 // kernel's, and for a C of at least 16 rows and a panel of columns and sums of at least 64 terms.
 TEST_CASE("linalg: sgemm_large takes large products only where OpenBLAS's kernels are narrower") {
