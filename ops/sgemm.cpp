@@ -152,13 +152,22 @@ inline void tile_rest(size_t rows, const float* A, size_t rsA, size_t csA, const
   }
 }
 
-// All M rows of C against one panel: tiles of MR rows, then one of the rest.
-template <size_t V, size_t MR>
+// All M rows of C against one panel: tiles of MR rows, then one of the rest. Row i of A starts at
+// A + i·rsA, or for A packed by pack_a (PackedA = MR) its micro-panel at A + i·K.
+template <size_t V, size_t MR, size_t PackedA = 0>
 void panel_rows(const float* A, size_t rsA, size_t csA, const float* P, size_t ldp, size_t K, float* C, size_t ldc,
                 size_t M, size_t n, float alpha, float beta) {
+  const size_t step = PackedA > 0 ? K : rsA;
   size_t i = 0;
-  for (; i + MR <= M; i += MR) tile<MR, V>(A + i * rsA, rsA, csA, P, ldp, K, C + i * ldc, ldc, n, alpha, beta);
-  tile_rest<V, MR - 1>(M - i, A + i * rsA, rsA, csA, P, ldp, K, C + i * ldc, ldc, n, alpha, beta);
+  for (; i + MR <= M; i += MR) tile<MR, V, PackedA>(A + i * step, rsA, csA, P, ldp, K, C + i * ldc, ldc, n, alpha, beta);
+  tile_rest<V, MR - 1, PackedA>(M - i, A + i * step, rsA, csA, P, ldp, K, C + i * ldc, ldc, n, alpha, beta);
+}
+
+// `floats` floats of v, from a 64-byte boundary (a thread's buffer, grown as needed).
+float* aligned_floats(std::vector<float>& v, size_t floats) {
+  if (v.size() < floats + 16) v.resize(floats + 16);
+  auto addr = reinterpret_cast<std::uintptr_t>(v.data());
+  return v.data() + ((64 - addr % 64) % 64) / sizeof(float);
 }
 
 // P[k, c] = B[c, k] for c < 8, k < 8: eight rows of Bᵀ's 8×8 block become eight panel rows.
@@ -254,14 +263,9 @@ void pack_a(const float* A, size_t lda, bool ta, size_t i, size_t m, size_t k0, 
 
 void sgemm_blocked(const float* A, const float* B, float* C, size_t M, size_t N, size_t K, size_t lda, size_t ldb,
                    size_t ldc, bool ta, bool tb, float alpha, float beta) {
-  thread_local std::vector<float> a_buffer, b_buffer;
-  auto aligned = [](std::vector<float>& v, size_t floats) {
-    if (v.size() < floats + 16) v.resize(floats + 16);
-    auto addr = reinterpret_cast<std::uintptr_t>(v.data());
-    return v.data() + ((64 - addr % 64) % 64) / sizeof(float);
-  };
-  float* Ap = aligned(a_buffer, kMC * kKC);
-  float* Bp = aligned(b_buffer, kKC * ((std::min(kNC, N) + kNR - 1) / kNR * kNR));
+  thread_local std::vector<float> a_buffer, b_buffer;  // at most 288 KB and 4 MB on AVX-512
+  float* Ap = aligned_floats(a_buffer, kMC * kKC);
+  float* Bp = aligned_floats(b_buffer, kKC * ((std::min(kNC, N) + kNR - 1) / kNR * kNR));
   for (size_t j0 = 0; j0 < N; j0 += kNC) {
     const size_t nc = std::min(kNC, N - j0);
     for (size_t k0 = 0; k0 < K; k0 += kKC) {
@@ -274,16 +278,11 @@ void sgemm_blocked(const float* A, const float* B, float* C, size_t M, size_t N,
         pack_a(A, lda, ta, i0, mc, k0, kc, Ap);
         for (size_t j = 0; j < nc; j += kNR) {
           const size_t n = std::min(kNR, nc - j);
-          const float* P = Bp + j * kc;
           float* Cj = C + i0 * ldc + j0 + j;
-          size_t i = 0;
-          if (n > kW) {
-            for (; i + kMR <= mc; i += kMR) tile<kMR, 2, kMR>(Ap + i * kc, 1, kMR, P, kNR, kc, Cj + i * ldc, ldc, n, alpha, b_k);
-            tile_rest<2, kMR - 1, kMR>(mc - i, Ap + i * kc, 1, kMR, P, kNR, kc, Cj + i * ldc, ldc, n, alpha, b_k);
-          } else {
-            for (; i + kMR <= mc; i += kMR) tile<kMR, 1, kMR>(Ap + i * kc, 1, kMR, P, kNR, kc, Cj + i * ldc, ldc, n, alpha, b_k);
-            tile_rest<1, kMR - 1, kMR>(mc - i, Ap + i * kc, 1, kMR, P, kNR, kc, Cj + i * ldc, ldc, n, alpha, b_k);
-          }
+          if (n <= kW)
+            panel_rows<1, kMR, kMR>(Ap, 1, kMR, Bp + j * kc, kNR, kc, Cj, ldc, mc, n, alpha, b_k);
+          else
+            panel_rows<2, kMR, kMR>(Ap, 1, kMR, Bp + j * kc, kNR, kc, Cj, ldc, mc, n, alpha, b_k);
         }
       }
     }
@@ -320,10 +319,8 @@ void kernel::sgemm(const float* A, const float* B, float* C, size_t M, size_t N,
                    size_t ldc, bool ta, bool tb, float alpha, float beta, SgemmLayout layout) {
   assert(K <= kSgemmMaxK);
   assert(layout.rows == kMR || (kW == 16 && layout.rows == 8));
-  thread_local std::vector<float> buffer;  // one panel, 64-byte aligned inside
-  if (buffer.size() < kSgemmMaxK * kNR + 16) buffer.resize(kSgemmMaxK * kNR + 16);
-  auto addr = reinterpret_cast<std::uintptr_t>(buffer.data());
-  float* P = buffer.data() + ((64 - addr % 64) % 64) / sizeof(float);
+  thread_local std::vector<float> buffer;  // one panel
+  float* P = aligned_floats(buffer, kSgemmMaxK * kNR);
   const size_t rsA = ta ? 1 : lda, csA = ta ? lda : 1;  // A(i,k) = A[i·rsA + k·csA]
 #if defined(__AVX512F__)
   if (layout.rows == 8)
