@@ -308,6 +308,55 @@ TEST_CASE("linalg: at 2 threads products are cut into blocks, with the values an
   CHECK_THROWS_WITH_AS(set_num_threads(0), doctest::Contains("set_num_threads: need at least 1 thread, got 0"), Error);
 }
 
+// Operands of C = alpha·op(A)·op(B) + beta·C for the kernels' tests, stored with row strides
+// wider than the matrices (the gaps hold NaN, so a read of one shows), and C random where beta
+// reads it, else NaN (it must not be read).
+struct KernelOperands {
+  size_t M, N, K;
+  bool ta, tb;
+  float alpha, beta;
+  size_t lda, ldb, ldc;
+  std::vector<float> A, B, C0;  // C0: C before the product
+
+  KernelOperands(size_t M_, size_t N_, size_t K_, bool ta_, bool tb_, float alpha_, float beta_, std::mt19937& rng)
+      : M(M_), N(N_), K(K_), ta(ta_), tb(tb_), alpha(alpha_), beta(beta_) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+    const size_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+    lda = ac + 3, ldb = bc + 1, ldc = N + 2;
+    A.assign(ar * lda, nan), B.assign(br * ldb, nan), C0.assign(M * ldc, nan);
+    for (size_t r = 0; r < ar; ++r)
+      for (size_t q = 0; q < ac; ++q) A[r * lda + q] = U(rng);
+    for (size_t r = 0; r < br; ++r)
+      for (size_t q = 0; q < bc; ++q) B[r * ldb + q] = U(rng);
+    if (beta != 0.0f)
+      for (size_t i = 0; i < M; ++i)
+        for (size_t j = 0; j < N; ++j) C0[i * ldc + j] = U(rng);
+  }
+
+  // Entries of C off the sum in double by more than its rounding allows (the error of a sum of K
+  // terms scales with Σ|a·b|), and entries of the gaps that were written.
+  size_t wrong(const std::vector<float>& C) const {
+    size_t bad = 0;
+    for (size_t i = 0; i < M; ++i) {
+      for (size_t j = 0; j < N; ++j) {
+        double sum = 0, size = 0;
+        for (size_t k = 0; k < K; ++k) {
+          double a = A[ta ? k * lda + i : i * lda + k], b = B[tb ? j * ldb + k : k * ldb + j];
+          sum += a * b;
+          size += std::fabs(a * b);
+        }
+        const double c0 = beta != 0.0f ? double(C0[i * ldc + j]) : 0.0;
+        const double want = double(alpha) * sum + double(beta) * c0;
+        const double tol = double(K + 2) * 6e-8 * (std::fabs(double(alpha)) * size + std::fabs(c0)) + 1e-30;
+        if (!(std::fabs(double(C[i * ldc + j]) - want) <= tol)) ++bad;
+      }
+      for (size_t j = N; j < ldc; ++j) bad += !std::isnan(C[i * ldc + j]);  // the gaps stay unwritten
+    }
+    return bad;
+  }
+};
+
 // The kernel alone, against sums in double, in every layout the build has (6-row tiles on AVX2;
 // 12-row, and 8-row reading B in place, on AVX-512), whichever this CPU runs: C = alpha·op(A)·op(B)
 // + beta·C for tiles of 1–12 rows and more, panels of 16 and 32 columns and parts of one (a part of
@@ -316,9 +365,7 @@ TEST_CASE("linalg: at 2 threads products are cut into blocks, with the values an
 // shows), and beta = 0 over a C of NaN (C must not be read). The layouts give the same bits.
 TEST_CASE("linalg: sgemm, tapegrad's float32 kernel, against double sums: tiles, panels, strides, alpha and beta") {
   if (!kernel::kHasSgemm) return;  // a build without AVX2 and FMA: BLAS runs every product
-  const float nan = std::numeric_limits<float>::quiet_NaN();
   std::mt19937 rng(11);
-  std::uniform_real_distribution<float> U(-1.0f, 1.0f);
   struct AB { float alpha, beta; };
   const std::vector<AB> scalars = {{1.0f, 0.0f}, {1.0f, 1.0f}, {-0.01f, 0.999f}};
   const std::vector<kernel::SgemmLayout> layouts = kernel::sgemm_layouts();
@@ -332,48 +379,23 @@ TEST_CASE("linalg: sgemm, tapegrad's float32 kernel, against double sums: tiles,
         for (int flags = 0; flags < 4; ++flags)
           for (const AB& s : scalars) {
             const bool ta = flags & 1, tb = flags & 2;
-            const size_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
-            const size_t lda = ac + 3, ldb = bc + 1, ldc = N + 2;
-            std::vector<float> A(ar * lda, nan), B(br * ldb, nan), C(M * ldc, nan);
-            for (size_t r = 0; r < ar; ++r)
-              for (size_t c = 0; c < ac; ++c) A[r * lda + c] = U(rng);
-            for (size_t r = 0; r < br; ++r)
-              for (size_t c = 0; c < bc; ++c) B[r * ldb + c] = U(rng);
-            if (s.beta != 0.0f)
-              for (size_t i = 0; i < M; ++i)
-                for (size_t j = 0; j < N; ++j) C[i * ldc + j] = U(rng);
-            const std::vector<float> C0 = C;
+            const KernelOperands o(M, N, K, ta, tb, s.alpha, s.beta, rng);
+            std::vector<float> C = o.C0;
             CAPTURE(M); CAPTURE(N); CAPTURE(K); CAPTURE(ta); CAPTURE(tb); CAPTURE(s.alpha); CAPTURE(s.beta);
             REQUIRE(kernel::sgemm_takes(M, N, K));
             const unsigned long long calls0 = detail::sgemm_calls();
-            kernel::sgemm(A.data(), B.data(), C.data(), M, N, K, lda, ldb, ldc, ta, tb, s.alpha, s.beta,
+            kernel::sgemm(o.A.data(), o.B.data(), C.data(), M, N, K, o.lda, o.ldb, o.ldc, ta, tb, s.alpha, s.beta,
                           layouts.front());
             CHECK(detail::sgemm_calls() - calls0 == 1u);
             for (size_t l = 1; l < layouts.size(); ++l) {
-              std::vector<float> Cl = C0;
-              kernel::sgemm(A.data(), B.data(), Cl.data(), M, N, K, lda, ldb, ldc, ta, tb, s.alpha, s.beta, layouts[l]);
+              std::vector<float> Cl = o.C0;
+              kernel::sgemm(o.A.data(), o.B.data(), Cl.data(), M, N, K, o.lda, o.ldb, o.ldc, ta, tb, s.alpha, s.beta,
+                            layouts[l]);
               CAPTURE(layouts[l].rows);
-              CHECK(std::memcmp(Cl.data(), C.data(), M * ldc * sizeof(float)) == 0);  // NaN gaps compare as bits
+              CHECK(std::memcmp(Cl.data(), C.data(), C.size() * sizeof(float)) == 0);  // NaN gaps compare as bits
             }
             ++cases;
-            size_t bad = 0;
-            for (size_t i = 0; i < M; ++i) {
-              for (size_t j = 0; j < N; ++j) {
-                double sum = 0, size = 0;  // size: Σ|a·b|, what the rounding error of the sum scales with
-                for (size_t k = 0; k < K; ++k) {
-                  double a = A[ta ? k * lda + i : i * lda + k], b = B[tb ? j * ldb + k : k * ldb + j];
-                  sum += a * b;
-                  size += std::fabs(a * b);
-                }
-                const double c0 = s.beta != 0.0f ? double(C0[i * ldc + j]) : 0.0;
-                const double want = double(s.alpha) * sum + double(s.beta) * c0;
-                const double tol = double(K + 2) * 6e-8 * (std::fabs(double(s.alpha)) * size + std::fabs(c0)) + 1e-30;
-                const double got = C[i * ldc + j];
-                if (!(std::fabs(got - want) <= tol)) ++bad;
-              }
-              for (size_t j = N; j < ldc; ++j) bad += !std::isnan(C[i * ldc + j]);  // the gaps stay unwritten
-            }
-            CHECK(bad == 0);
+            CHECK(o.wrong(C) == 0u);
           }
   CHECK(cases == 9u * 9u * 6u * 4u * 3u);
 }
@@ -386,9 +408,7 @@ TEST_CASE("linalg: sgemm, tapegrad's float32 kernel, against double sums: tiles,
 // apart, as at 2 threads, give the whole's bits.
 TEST_CASE("linalg: sgemm_large, the blocked float32 kernel, against double sums; its blocks give the whole's bits") {
   if (!kernel::kHasSgemm) return;
-  const float nan = std::numeric_limits<float>::quiet_NaN();
   std::mt19937 rng(12);
-  std::uniform_real_distribution<float> U(-1.0f, 1.0f);
   struct Case { size_t M, N, K; };
   struct AB { float alpha, beta; };
   for (const Case& c : std::vector<Case>{{150, 40, 530}, {16, 2100, 64}, {13, 33, 1030}, {29, 8, 70}})
@@ -396,41 +416,19 @@ TEST_CASE("linalg: sgemm_large, the blocked float32 kernel, against double sums;
       for (const AB& s : std::vector<AB>{{1.0f, 0.0f}, {-0.01f, 0.999f}}) {
         const bool ta = flags & 1, tb = flags & 2;
         const size_t M = c.M, N = c.N, K = c.K;
-        const size_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
-        const size_t lda = ac + 3, ldb = bc + 1, ldc = N + 2;
-        std::vector<float> A(ar * lda, nan), B(br * ldb, nan), C(M * ldc, nan);
-        for (size_t r = 0; r < ar; ++r)
-          for (size_t q = 0; q < ac; ++q) A[r * lda + q] = U(rng);
-        for (size_t r = 0; r < br; ++r)
-          for (size_t q = 0; q < bc; ++q) B[r * ldb + q] = U(rng);
-        if (s.beta != 0.0f)
-          for (size_t i = 0; i < M; ++i)
-            for (size_t j = 0; j < N; ++j) C[i * ldc + j] = U(rng);
-        const std::vector<float> C0 = C;
+        const KernelOperands o(M, N, K, ta, tb, s.alpha, s.beta, rng);
+        const size_t lda = o.lda, ldb = o.ldb, ldc = o.ldc;
+        const std::vector<float>& A = o.A;
+        const std::vector<float>& B = o.B;
+        std::vector<float> C = o.C0;
         CAPTURE(M); CAPTURE(N); CAPTURE(K); CAPTURE(ta); CAPTURE(tb); CAPTURE(s.beta);
         const unsigned long long calls0 = detail::sgemm_calls();
         kernel::sgemm_large(A.data(), B.data(), C.data(), M, N, K, lda, ldb, ldc, ta, tb, s.alpha, s.beta);
         CHECK(detail::sgemm_calls() - calls0 == 1u);
-        size_t bad = 0;
-        for (size_t i = 0; i < M; ++i) {
-          for (size_t j = 0; j < N; ++j) {
-            double sum = 0, size = 0;
-            for (size_t k = 0; k < K; ++k) {
-              double a = A[ta ? k * lda + i : i * lda + k], b = B[tb ? j * ldb + k : k * ldb + j];
-              sum += a * b;
-              size += std::fabs(a * b);
-            }
-            const double c0 = s.beta != 0.0f ? double(C0[i * ldc + j]) : 0.0;
-            const double want = double(s.alpha) * sum + double(s.beta) * c0;
-            const double tol = double(K + 4) * 6e-8 * (std::fabs(double(s.alpha)) * size + std::fabs(c0)) + 1e-30;
-            if (!(std::fabs(double(C[i * ldc + j]) - want) <= tol)) ++bad;
-          }
-          for (size_t j = N; j < ldc; ++j) bad += !std::isnan(C[i * ldc + j]);  // the gaps stay unwritten
-        }
-        CHECK(bad == 0);
+        CHECK(o.wrong(C) == 0u);
         // Two blocks of rows, then two of columns, each a product of its own (gemm's cut at 2 threads).
         for (bool by_rows : {true, false}) {
-          std::vector<float> D = C0;
+          std::vector<float> D = o.C0;
           const size_t cut = (by_rows ? M : N) / 2;
           for (size_t part = 0; part < 2; ++part) {
             const size_t lo = part ? cut : 0, len = part ? (by_rows ? M : N) - cut : cut;
