@@ -237,7 +237,7 @@ void panels(const float* A, size_t rsA, size_t csA, const float* B, size_t ldb, 
 // over one block of k at a time (beta on the first, 1 after), so each C(i,j) is summed in the order
 // of k, in the same blocks whichever block of C a thread was given. On the Zen 5 VM (6 Dec 2026, one
 // thread, bench/bench_sgemm): W3's 512×2048×2048 NN and NT and
-// 2048×2048×512 TN at 186-213 GFLOP/s, W2's 128×512×784 and 784×512×128 at 186-215, where
+// 2048×2048×512 TN at 177-213 GFLOP/s, W2's 128×512×784 and 784×512×128 at 186-215, where
 // OpenBLAS's Haswell kernels ran 89-101 and its SkylakeX ones 200. kKC 256 and 384 ran 5-15 %
 // slower; kMC from 8 to 24 micro-panels within the noise.
 constexpr size_t kKC = kernel::kSgemmMaxK;

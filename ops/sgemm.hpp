@@ -60,7 +60,7 @@ void sgemm(const float* A, const float* B, float* C, size_t M, size_t N, size_t 
 // Whether sgemm_large takes a product that sgemm does not: when OpenBLAS's kernels have narrower
 // registers than this build's (blas_lanes, detail::blas_float_lanes()), as where OpenBLAS falls back
 // to SSE3 on a CPU it does not know, or where OPENBLAS_CORETYPE=Haswell is set on an AVX-512 CPU
-// (the Zen 5 VM of 6 Dec 2026: OpenBLAS's W3 products at 98-101 GFLOP/s, sgemm_large's at 186-213,
+// (the Zen 5 VM of 6 Dec 2026: OpenBLAS's W3 products at 98-101 GFLOP/s, sgemm_large's at 177-213,
 // OpenBLAS's own AVX-512 ones, SkylakeX, at 200), and when C has a panel's worth of columns and the
 // sum at least 64 terms: on 512×2048×10 (K = 10) it took 1.8× OpenBLAS's time, packing for little.
 inline bool sgemm_large_takes(size_t M, size_t N, size_t K, int blas_lanes) {
@@ -78,9 +78,10 @@ namespace detail {
 // Products run by kernel::sgemm on this thread so far (tests: which kernel ran a product).
 unsigned long long sgemm_calls();
 
-// Whether a product on kernel::sgemm large enough to be cut among the threads is cut: measured
-// per shape (the default: its first calls run whole and cut in turn, and the faster way is kept,
-// ops/linalg.cpp says why), always, or never. Process-wide; tests set it to count the cuts.
+// Whether a product on tapegrad's kernels large enough to be cut among the threads is cut:
+// measured per shape (the default: after its first 64 calls, which are cut, a few run whole and a
+// few cut, timed, and the faster way is kept; ops/linalg.cpp says why), always, or never.
+// Process-wide; tests set it to count the cuts.
 enum class ProductCut { measure, always, never };
 void set_product_cut(ProductCut policy);
 }  // namespace detail
