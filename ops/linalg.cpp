@@ -67,10 +67,14 @@ constexpr size_t kBlockQuantum = 16;
 // moving C between the cores). A timed cut call ends when the caller has read C back, which the
 // next op would pay for otherwise, and counts only if a helper ran a part: a helper asleep wakes
 // slowly on that VM, the caller meanwhile runs every part, and such calls timed as fast as whole
-// ones. The shape is cut from then on when that was clearly faster (a wrong cut costs up to 2.6×,
-// a wrong whole at most the cut's gain), or whole if the helpers never took part. Per thread,
-// decided once, and not in the shape's first calls, which are cut as before: a first training
-// step faults in its buffers' pages, and on that VM a fault took ~10 µs, more than a product.
+// ones. The shape is cut when that was clearly faster (a wrong cut costs up to 2.6×, a wrong whole
+// at most the cut's gain), or whole if the helpers never took part, for its next 4096 calls; then
+// it is timed again, since what pays changes as the host moves and loads its vCPUs. On that VM,
+// within the same hour, W5's products took 1.6-1.8× whole's time cut, then 0.75×; and later a W5
+// step at one thread took 3.6-3.9 ms on CPU 0 against 2.2-3.0 on CPU 1, where cutting paid for a
+// caller on CPU 0 (its helper on the faster CPU 1) and not for one on CPU 1. Per thread, and not
+// in the shape's first calls, which are cut as before: a first training step faults in its
+// buffers' pages, and on that VM a fault took ~10 µs, more than a product.
 // On that kernel a block's values are the whole's bit for bit, so the choice moves only the
 // time. Products on BLAS are cut by size alone: a block there may round apart from the whole, and
 // a value should not depend on a timing.
@@ -83,12 +87,22 @@ constexpr float kCutMustWin = 0.9f;     // cut when its median is below this sha
 constexpr size_t kMaxCutShapes = 1024;  // shapes remembered per thread; beyond, products are cut
 std::atomic<detail::ProductCut> g_product_cut{detail::ProductCut::measure};
 
+constexpr unsigned kCutKept = 4096;  // calls a decision holds before the shape is timed again
 struct CutTrials {
-  unsigned calls = 0;      // calls of this shape so far
+  unsigned calls = 0;      // calls of this shape so far (since the decision, once decided)
   unsigned tries = 0;      // cut calls timed, with or without a helper
   unsigned n[2] = {0, 0};  // calls that count: [0] whole, [1] cut with a helper's part
   float us[2][kCutTrials];
   bool decided = false, cut_pays = false;
+
+  // Counts a call of a decided shape; false when the decision has run its course and the shape
+  // is to be timed again, without the warm-up calls.
+  bool keep_decision() {
+    if (++calls <= kCutKept) return true;
+    *this = CutTrials{};
+    calls = kCutWarmCalls;  // the next call is the untimed first one
+    return false;
+  }
 };
 thread_local std::map<std::array<size_t, 6>, CutTrials> t_cut_trials;
 
@@ -117,7 +131,7 @@ void whole_or_cut(const std::array<size_t, 6>& shape, Whole whole, Cut cut, void
     it = t_cut_trials.emplace(shape, CutTrials{}).first;
   }
   CutTrials& t = it->second;
-  if (t.decided) return t.cut_pays ? (void)cut() : whole();
+  if (t.decided && t.keep_decision()) return t.cut_pays ? (void)cut() : whole();
   if (++t.calls <= kCutWarmCalls) return (void)cut();
   const unsigned way = t.n[0] < kCutTrials ? 0 : 1;
   const bool first = t.calls == kCutWarmCalls + 1 || (way == 1 && t.n[1] == 0 && t.tries == 0);
@@ -134,12 +148,14 @@ void whole_or_cut(const std::array<size_t, 6>& shape, Whole whole, Cut cut, void
   if (first || (way == 1 && helped == 0)) {
     if (t.tries <= kCutTries) return;
     t.decided = true;  // the helpers did not take part: cutting gains nothing
+    t.calls = 0;
     return;
   }
   t.us[way][t.n[way]++] = us;
   if (t.n[1] < kCutTrials) return;
   t.cut_pays = median_of(t.us[1], kCutTrials) < kCutMustWin * median_of(t.us[0], kCutTrials);
   t.decided = true;
+  t.calls = 0;
 }
 
 // C = alpha·op(A)·op(B) + beta·C. At n threads (set_num_threads) a product is cut into up to n
