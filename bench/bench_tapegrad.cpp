@@ -5,12 +5,15 @@
 //
 // Usage: bench_tapegrad [--threads N] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S]
 //                       [--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward]
+//                       [--main-cpu C]
 // W2, W3 and W5 update the parameters with optim::SGD in backward (in_backward = true: in W2/W3 the
 // step of each weight is folded into the gemm of its gradient); --sgd-after-backward runs the
 // usual backward() then a separate SGD pass instead.
 // Threads: tapegrad::set_num_threads(N) (products are cut into blocks that N threads compute, with
 // OpenBLAS on one thread inside each); run with OPENBLAS_NUM_THREADS=N in the environment too
-// (scripts/bench does), as the libtorch program needs it.
+// (scripts/bench does), as the libtorch program needs it. --main-cpu C pins the main thread (the
+// one that runs the workloads) to CPU C and leaves the helpers free: scripts/bench compares 1 and
+// 2 threads with the main thread on the same CPU, since a VM's vCPUs may differ in speed.
 #include <tapegrad/tapegrad.hpp>
 
 #include <optional>
@@ -279,11 +282,13 @@ int w4_child(bool do_backward) {
 int main(int argc, char** argv) {
   g_opt = bench::parse_args(argc, argv);
   tg::set_num_threads(g_opt.threads);
+  // After the helpers have started, so that they stay free to run on the other CPUs.
+  if (g_opt.main_cpu >= 0) bench::pin_this_thread(g_opt.main_cpu);
   if (g_opt.w4_child >= 0) return w4_child(g_opt.w4_child == 1);
 
   const char* ob_env = std::getenv("OPENBLAS_NUM_THREADS");
-  std::printf("INFO engine=tapegrad threads=%d tapegrad_threads=%d OPENBLAS_NUM_THREADS=%s\n", g_opt.threads,
-              tg::get_num_threads(), ob_env ? ob_env : "unset");
+  std::printf("INFO engine=tapegrad threads=%d tapegrad_threads=%d OPENBLAS_NUM_THREADS=%s main_cpu=%d\n",
+              g_opt.threads, tg::get_num_threads(), ob_env ? ob_env : "unset", g_opt.main_cpu);
   if (!ob_env || std::atoi(ob_env) != g_opt.threads)
     std::fprintf(stderr, "note: set OPENBLAS_NUM_THREADS=%d in the environment too (WORKLOADS.md, threads)\n",
                  g_opt.threads);

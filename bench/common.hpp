@@ -2,6 +2,8 @@
 // Shared by bench_tapegrad.cpp and bench_libtorch.cpp: WORKLOADS.md's deterministic data
 // (splitmix64 streams), statistics, /proc readers, the check-value test, and the W4 driver that
 // runs each repetition in a fresh child process. Engine-neutral: no tapegrad or torch header.
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/resource.h>
@@ -221,21 +223,37 @@ struct Options {
   bool sgd_after = false;  // tapegrad W2/W3: SGD as a pass after backward() instead of in backward
   bool info = false;
   int w4_child = -1;  // internal: 1 = child with backward, 0 = without
+  int main_cpu = -1;  // tapegrad only: the CPU the main thread is pinned to (helpers stay free)
   bool selected(const std::string& w) const {
     return only.empty() || std::find(only.begin(), only.end(), w) != only.end();
   }
   // Arguments a W4 child needs to set up the same threads.
   std::vector<std::string> child_args(bool do_backward) const {
-    return {"--w4-child", do_backward ? "1" : "0", "--threads", std::to_string(threads), "--blas-threads",
-            std::to_string(blas_threads)};
+    std::vector<std::string> a = {"--w4-child", do_backward ? "1" : "0", "--threads", std::to_string(threads),
+                                  "--blas-threads", std::to_string(blas_threads)};
+    if (main_cpu >= 0) a.insert(a.end(), {"--main-cpu", std::to_string(main_cpu)});
+    return a;
   }
 };
 
 inline void usage(const char* prog) {
   std::fprintf(stderr,
                "%s [--threads N] [--blas-threads K] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S] "
-               "[--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward] [--info]\n",
+               "[--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward] [--info] "
+               "[--main-cpu C]\n",
                prog);
+}
+
+// Pins the calling thread to `cpu` (threads it starts later inherit the pin; those started before
+// do not), or exits with the reason.
+inline void pin_this_thread(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (int rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set); rc != 0) {
+    std::fprintf(stderr, "--main-cpu %d: pthread_setaffinity_np: %s\n", cpu, strerror(rc));
+    std::exit(2);
+  }
 }
 
 inline Options parse_args(int argc, char** argv) {
@@ -261,6 +279,7 @@ inline Options parse_args(int argc, char** argv) {
     else if (a == "--sgd-after-backward") o.sgd_after = true;
     else if (a == "--w4-child") o.w4_child = std::stoi(next());
     else if (a == "--info") o.info = true;
+    else if (a == "--main-cpu") o.main_cpu = std::stoi(next());
     else { usage(argv[0]); std::exit(2); }
   }
   if (o.threads < 1) { usage(argv[0]); std::exit(2); }
