@@ -286,8 +286,9 @@ int w4_child(bool do_backward) {
 
 int main(int argc, char** argv) {
   g_opt = bench::parse_args(argc, argv);
-  if (g_opt.main_cpu >= 0) {  // OpenMP starts its threads at the first parallel region: they would inherit the pin
-    std::fprintf(stderr, "--main-cpu: bench_tapegrad only\n");
+  // OpenMP starts its threads at the first parallel region: they would inherit a pin.
+  if (g_opt.main_cpu >= 0 || g_opt.alternate_threads) {
+    std::fprintf(stderr, "--main-cpu, --alternate-threads: bench_tapegrad only\n");
     return 2;
   }
   torch::manual_seed(0);  // no torch RNG is used (init is explicit), seeded anyway

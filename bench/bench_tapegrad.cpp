@@ -5,7 +5,7 @@
 //
 // Usage: bench_tapegrad [--threads N] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S]
 //                       [--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward]
-//                       [--main-cpu C]
+//                       [--main-cpu C] [--alternate-threads]
 // W2, W3 and W5 update the parameters with optim::SGD in backward (in_backward = true: in W2/W3 the
 // step of each weight is folded into the gemm of its gradient); --sgd-after-backward runs the
 // usual backward() then a separate SGD pass instead.
@@ -14,6 +14,7 @@
 // (scripts/bench does), as the libtorch program needs it. --main-cpu C pins the main thread (the
 // one that runs the workloads) to CPU C and leaves the helpers free: scripts/bench compares 1 and
 // 2 threads with the main thread on the same CPU, since a VM's vCPUs may differ in speed.
+// --alternate-threads (W1 and W5): see alternate_threads below.
 #include <tapegrad/tapegrad.hpp>
 
 #include <optional>
@@ -59,6 +60,23 @@ void zero_grads(std::vector<Tensor>& params) {
   for (Tensor& p : params) p.zero_grad();
 }
 
+// --alternate-threads: W1's repetitions and W5's steps switch between 1 and 2 threads (1 2 2 1 1 2
+// ...) within one process, so that both counts share the process's memory, CPU and minutes; the
+// line then gives each count's median and their ratio instead of the usual line. Returns the count
+// repetition r runs at (and sets it), or 0 without the flag.
+int alternate_threads(int r) {
+  if (!g_opt.alternate_threads) return 0;
+  const int n = (r / 2) % 2 == 0 ? 1 + r % 2 : 2 - r % 2;
+  tg::set_num_threads(n);
+  return n;
+}
+
+// The end of an --alternate-threads line: each count's median of `per_count[n - 1]`, and t2/t1.
+void print_alternating(const char* key, const std::vector<double> (&per_count)[2]) {
+  const double m1 = stats(per_count[0]).median, m2 = stats(per_count[1]).median;
+  std::printf(" reps_each=%zu t1_%s=%.4g t2_%s=%.4g t2_over_t1=%.4f", per_count[1].size(), key, m1, key, m2, m2 / m1);
+}
+
 // ================================================================ W1 op-overhead
 void run_w1() {
   const int kIters = 10000;
@@ -66,11 +84,12 @@ void run_w1() {
   Tensor a = uniform({16}, 11, -0.5, 0.5, true);
   Tensor b = uniform({16}, 12, -0.5, 0.5, true);
   Tensor x0 = uniform({16}, 13, -1.0, 1.0);
-  std::vector<double> fwd, bwd, fre, tot;
+  std::vector<double> fwd, bwd, fre, tot, tot_at[2];
   double loss_v = 0;
   long flt0 = 0;
   for (int r = 0; r < g_opt.w1_warm + g_opt.w1_reps; ++r) {
     if (r == g_opt.w1_warm) flt0 = bench::minflt_self();
+    const int n = alternate_threads(r);
     a.zero_grad();
     b.zero_grad();
     auto t0 = clk::now();
@@ -93,6 +112,7 @@ void run_w1() {
       bwd.push_back(bw * 1e6 / kOps);
       fre.push_back(fr * 1e6 / kOps);
       tot.push_back((f + bw + fr) * 1e6 / kOps);
+      if (n > 0) tot_at[n - 1].push_back(tot.back());
     }
   }
   double flt_per_rep = double(bench::minflt_self() - flt0) / double(g_opt.w1_reps);
@@ -101,6 +121,13 @@ void run_w1() {
   ok &= bench::check("W1", "a.grad[0]", ga0, -0.0327919, 1e-4);
   ok &= bench::check("W1", "b.grad[0]", gb0, 1.54235, 1e-4);
   Stats f = stats(fwd), bw = stats(bwd), fr = stats(fre), t = stats(tot);
+  if (g_opt.alternate_threads) {
+    std::printf("W1ALT op_overhead_alternating threads=1,2");
+    print_alternating("total_ns_per_op_median", tot_at);
+    std::printf(" check=%s\n", ok ? "ok" : "FAIL");
+    std::fflush(stdout);
+    return;
+  }
   std::printf(
       "W1 op_overhead threads=%d reps=%zu ops=%d fwd_ns_per_op_median=%.1f fwd_ns_per_op_min=%.1f "
       "bwd_ns_per_op_median=%.1f bwd_ns_per_op_min=%.1f free_ns_per_op_median=%.1f free_ns_per_op_min=%.1f "
@@ -202,11 +229,12 @@ void run_w5() {
   std::optional<tg::optim::SGD> in_backward;
   if (!g_opt.sgd_after) in_backward.emplace(params, 0.01, tg::optim::SGDOptions{.in_backward = true});
 
-  std::vector<double> tf, tb, tt;
+  std::vector<double> tf, tb, tt, tt_at[2];
   double loss_first = 0, loss_last = 0;
   long flt0 = 0;
   for (int s = 0; s < g_opt.w5_warm + g_opt.w5_steps; ++s) {
     if (s == g_opt.w5_warm) flt0 = bench::minflt_self();
+    const int n = alternate_threads(s);
     auto t0 = clk::now(), t2 = t0, t3 = t0, t4 = t0, t4b = t0;
     {
       zero_grads(params);
@@ -236,12 +264,20 @@ void run_w5() {
       tf.push_back(ms_between(t0, t2));
       tb.push_back(ms_between(t2, t3));
       tt.push_back(ms_between(t0, t4) + ms_between(t4b, t5));
+      if (n > 0) tt_at[n - 1].push_back(tt.back());
     }
   }
   double flt = double(bench::minflt_self() - flt0) / double(g_opt.w5_steps);
   bool ok = bench::check("W5", "first-step loss", loss_first, 4.158030, 1e-4);
   ok &= bench::check_last_loss("W5", g_opt.w5_warm + g_opt.w5_steps, loss_last, bench::kLastLossW5);
   Stats S = stats(tt);
+  if (g_opt.alternate_threads) {
+    std::printf("W5ALT rnn_step_alternating threads=1,2");
+    print_alternating("median_ms", tt_at);
+    std::printf(" check=%s\n", ok ? "ok" : "FAIL");
+    std::fflush(stdout);
+    return;
+  }
   std::printf(
       "W5 rnn_step threads=%d steps=%zu median_ms=%.3f min_ms=%.3f zero_fwd_median_ms=%.3f bwd_median_ms=%.3f "
       "minflt_per_step=%.1f loss_first=%.6f loss_last=%.6f sgd=%s check=%s\n",
@@ -281,8 +317,10 @@ int w4_child(bool do_backward) {
 
 int main(int argc, char** argv) {
   g_opt = bench::parse_args(argc, argv);
+  // The helpers start free (a W4 child inherits its parent's pin), and the main thread is pinned
+  // after them.
+  if (g_opt.main_cpu >= 0) bench::pin_this_thread(-1);
   tg::set_num_threads(g_opt.threads);
-  // After the helpers have started, so that they stay free to run on the other CPUs.
   if (g_opt.main_cpu >= 0) bench::pin_this_thread(g_opt.main_cpu);
   if (g_opt.w4_child >= 0) return w4_child(g_opt.w4_child == 1);
 

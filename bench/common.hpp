@@ -224,6 +224,7 @@ struct Options {
   bool info = false;
   int w4_child = -1;  // internal: 1 = child with backward, 0 = without
   int main_cpu = -1;  // tapegrad only: the CPU the main thread is pinned to (helpers stay free)
+  bool alternate_threads = false;  // tapegrad only: W1 and W5 switch between 1 and 2 threads
   bool selected(const std::string& w) const {
     return only.empty() || std::find(only.begin(), only.end(), w) != only.end();
   }
@@ -240,16 +241,17 @@ inline void usage(const char* prog) {
   std::fprintf(stderr,
                "%s [--threads N] [--blas-threads K] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S] "
                "[--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward] [--info] "
-               "[--main-cpu C]\n",
+               "[--main-cpu C] [--alternate-threads]\n",
                prog);
 }
 
-// Pins the calling thread to `cpu` (threads it starts later inherit the pin; those started before
-// do not), or exits with the reason.
+// Lets the calling thread run on every online CPU (cpu < 0) or pins it to `cpu`, or exits with the
+// reason. Threads it starts later, and processes it spawns, inherit that.
 inline void pin_this_thread(int cpu) {
   cpu_set_t set;
   CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
+  if (cpu >= 0) CPU_SET(cpu, &set);
+  for (long c = 0, n = sysconf(_SC_NPROCESSORS_ONLN); cpu < 0 && c < n; ++c) CPU_SET(c, &set);
   if (int rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set); rc != 0) {
     std::fprintf(stderr, "--main-cpu %d: pthread_setaffinity_np: %s\n", cpu, strerror(rc));
     std::exit(2);
@@ -280,6 +282,7 @@ inline Options parse_args(int argc, char** argv) {
     else if (a == "--w4-child") o.w4_child = std::stoi(next());
     else if (a == "--info") o.info = true;
     else if (a == "--main-cpu") o.main_cpu = std::stoi(next());
+    else if (a == "--alternate-threads") o.alternate_threads = true;
     else { usage(argv[0]); std::exit(2); }
   }
   if (o.threads < 1) { usage(argv[0]); std::exit(2); }
