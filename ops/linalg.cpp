@@ -106,6 +106,27 @@ struct CutTrials {
 };
 thread_local std::map<std::array<size_t, 6>, CutTrials> t_cut_trials;
 
+// The trials of a shape: the map's entry, found first in a small table of recent shapes by a hash
+// of the shape (map entries never move), since W5 looks up 384 products of 6 shapes a step.
+CutTrials* trials_of(const std::array<size_t, 6>& shape) {
+  struct Recent {
+    std::array<size_t, 6> shape;
+    CutTrials* trials = nullptr;
+  };
+  thread_local Recent recent[16];
+  uint64_t h = 0;
+  for (size_t v : shape) h = (h ^ v) * 0x9E3779B97F4A7C15ull;
+  Recent& r = recent[h >> 60];
+  if (r.trials && r.shape == shape) return r.trials;
+  auto it = t_cut_trials.find(shape);
+  if (it == t_cut_trials.end()) {
+    if (t_cut_trials.size() >= kMaxCutShapes) return nullptr;
+    it = t_cut_trials.emplace(shape, CutTrials{}).first;
+  }
+  r = {shape, &it->second};
+  return r.trials;
+}
+
 float median_of(float* v, size_t n) {
   std::nth_element(v, v + n / 2, v + n);
   return v[n / 2];
@@ -125,12 +146,9 @@ template <class Whole, class Cut>
 void whole_or_cut(const std::array<size_t, 6>& shape, Whole whole, Cut cut, void* C, size_t C_bytes) {
   const detail::ProductCut policy = g_product_cut.load(std::memory_order_relaxed);
   if (policy != detail::ProductCut::measure) return policy == detail::ProductCut::always ? (void)cut() : whole();
-  auto it = t_cut_trials.find(shape);
-  if (it == t_cut_trials.end()) {
-    if (t_cut_trials.size() >= kMaxCutShapes) return (void)cut();
-    it = t_cut_trials.emplace(shape, CutTrials{}).first;
-  }
-  CutTrials& t = it->second;
+  CutTrials* trials = trials_of(shape);
+  if (!trials) return (void)cut();  // more shapes than remembered
+  CutTrials& t = *trials;
   if (t.decided && t.keep_decision()) return t.cut_pays ? (void)cut() : whole();
   if (++t.calls <= kCutWarmCalls) return (void)cut();
   const unsigned way = t.n[0] < kCutTrials ? 0 : 1;
