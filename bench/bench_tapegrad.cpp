@@ -71,10 +71,12 @@ int alternate_threads(int r) {
   return n;
 }
 
-// The end of an --alternate-threads line: each count's median of `per_count[n - 1]`, and t2/t1.
-void print_alternating(const char* key, const std::vector<double> (&per_count)[2]) {
+// An --alternate-threads line: `head`, each count's median of `per_count[n - 1]` as `key`, t2/t1.
+void print_alternating(const char* head, const char* key, const std::vector<double> (&per_count)[2], bool ok) {
   const double m1 = stats(per_count[0]).median, m2 = stats(per_count[1]).median;
-  std::printf(" reps_each=%zu t1_%s=%.4g t2_%s=%.4g t2_over_t1=%.4f", per_count[1].size(), key, m1, key, m2, m2 / m1);
+  std::printf("%s threads=1,2 reps_each=%zu t1_%s=%.4g t2_%s=%.4g t2_over_t1=%.4f check=%s\n", head,
+              per_count[1].size(), key, m1, key, m2, m2 / m1, ok ? "ok" : "FAIL");
+  std::fflush(stdout);
 }
 
 // ================================================================ W1 op-overhead
@@ -121,13 +123,8 @@ void run_w1() {
   ok &= bench::check("W1", "a.grad[0]", ga0, -0.0327919, 1e-4);
   ok &= bench::check("W1", "b.grad[0]", gb0, 1.54235, 1e-4);
   Stats f = stats(fwd), bw = stats(bwd), fr = stats(fre), t = stats(tot);
-  if (g_opt.alternate_threads) {
-    std::printf("W1ALT op_overhead_alternating threads=1,2");
-    print_alternating("total_ns_per_op_median", tot_at);
-    std::printf(" check=%s\n", ok ? "ok" : "FAIL");
-    std::fflush(stdout);
-    return;
-  }
+  if (g_opt.alternate_threads)
+    return print_alternating("W1ALT op_overhead_alternating", "total_ns_per_op_median", tot_at, ok);
   std::printf(
       "W1 op_overhead threads=%d reps=%zu ops=%d fwd_ns_per_op_median=%.1f fwd_ns_per_op_min=%.1f "
       "bwd_ns_per_op_median=%.1f bwd_ns_per_op_min=%.1f free_ns_per_op_median=%.1f free_ns_per_op_min=%.1f "
@@ -271,13 +268,7 @@ void run_w5() {
   bool ok = bench::check("W5", "first-step loss", loss_first, 4.158030, 1e-4);
   ok &= bench::check_last_loss("W5", g_opt.w5_warm + g_opt.w5_steps, loss_last, bench::kLastLossW5);
   Stats S = stats(tt);
-  if (g_opt.alternate_threads) {
-    std::printf("W5ALT rnn_step_alternating threads=1,2");
-    print_alternating("median_ms", tt_at);
-    std::printf(" check=%s\n", ok ? "ok" : "FAIL");
-    std::fflush(stdout);
-    return;
-  }
+  if (g_opt.alternate_threads) return print_alternating("W5ALT rnn_step_alternating", "median_ms", tt_at, ok);
   std::printf(
       "W5 rnn_step threads=%d steps=%zu median_ms=%.3f min_ms=%.3f zero_fwd_median_ms=%.3f bwd_median_ms=%.3f "
       "minflt_per_step=%.1f loss_first=%.6f loss_last=%.6f sgd=%s check=%s\n",
