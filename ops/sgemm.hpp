@@ -81,8 +81,7 @@ unsigned long long sgemm_calls();
 // Whether a product on tapegrad's kernels large enough to be cut among the threads is cut:
 // measured per shape (the default: after its first 64 calls, which are cut, a few run whole and a
 // few cut, timed, and the faster way is kept for 4096 calls, then timed again; ops/linalg.cpp says
-// why), always, or never.
-// Process-wide; tests set it to count the cuts.
+// why), always, or never. Process-wide; tests set it to count the cuts.
 enum class ProductCut { measure, always, never };
 void set_product_cut(ProductCut policy);
 }  // namespace detail
