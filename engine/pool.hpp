@@ -11,6 +11,7 @@ namespace tapegrad::detail {
 void* pool_alloc(size_t bytes);
 void pool_free(void* p, size_t bytes);  // `bytes` must be what pool_alloc was given
 size_t pool_cached_bytes();             // small blocks cached by this thread (0 without the pool)
+size_t pool_large_cached_bytes();       // large buffers (over 1 KiB) cached by this thread, free
 size_t pool_medium_chunks();            // 2 MiB chunks holding buffers of 128 KiB to 2 MiB (process)
 bool pool_medium_on_huge_pages();       // whether they do: the pool is on and huge pages are not off
 bool pool_enabled();                    // false where the pool is bypassed (AddressSanitizer builds)

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "../engine/pool.hpp"
@@ -180,6 +181,72 @@ TEST_CASE("large buffers: values survive reuse, sizes around the huge-page thres
       CHECK(reinterpret_cast<uintptr_t>(p) % 64 == 0);
     }
   }
+}
+
+// Large buffers (over 1 KiB) freed by a thread wait in its cache by exact size (engine/pool.cpp),
+// up to 256 MiB, the oldest going first. A training step of W5's kind frees hundreds of two sizes and
+// allocates them again: all of them must come back from the cache (it once kept 64).
+TEST_CASE("pool: a step's large buffers come back from the cache, which keeps its budget, the oldest leaving first") {
+  if (!detail::pool_enabled()) return;
+  const size_t cached0 = detail::pool_large_cached_bytes();
+  auto step = [](std::vector<std::pair<uint64_t*, size_t>>& blocks) {
+    for (size_t i = 0; i < 900; ++i) {
+      const size_t bytes = i % 3 == 2 ? 8192 : 16384;
+      auto* p = static_cast<uint64_t*>(detail::pool_alloc(bytes));
+      for (size_t w = 0; w < bytes / 8; ++w) p[w] = i * 7 + w;
+      blocks.emplace_back(p, bytes);
+    }
+  };
+  std::vector<std::pair<uint64_t*, size_t>> first, second;
+  step(first);
+  size_t bad = 0;
+  for (size_t i = 0; i < first.size(); ++i) bad += first[i].first[first[i].second / 8 - 1] != i * 7 + first[i].second / 8 - 1;
+  CHECK(bad == 0);
+  std::set<uint64_t*> freed;
+  for (auto [p, bytes] : first) detail::pool_free(p, bytes), freed.insert(p);
+  CHECK(detail::pool_large_cached_bytes() - cached0 == 600 * 16384 + 300 * 8192);
+  step(second);
+  size_t reused = 0;
+  for (auto [p, bytes] : second) reused += freed.count(p);
+  CHECK(reused == 900);
+  CHECK(detail::pool_large_cached_bytes() == cached0);
+  for (auto [p, bytes] : second) detail::pool_free(p, bytes);
+
+  // 90 buffers of 3 MiB (270 MiB): the cache keeps 256 MiB at most, dropping the oldest (the
+  // step's buffers first); the newest comes back first.
+  const size_t mib3 = size_t(3) << 20;
+  std::vector<void*> big;
+  for (int i = 0; i < 90; ++i) big.push_back(detail::pool_alloc(mib3));
+  for (void* p : big) detail::pool_free(p, mib3);
+  CHECK(detail::pool_large_cached_bytes() <= (size_t(256) << 20));
+  CHECK(detail::pool_large_cached_bytes() > (size_t(256) << 20) - mib3);
+  void* newest = detail::pool_alloc(mib3);
+  CHECK(newest == big.back());
+  big.pop_back();
+  for (void*& p : big) p = detail::pool_alloc(mib3);
+  big.push_back(newest);
+  CHECK(detail::pool_large_cached_bytes() == 0);  // every one taken back, nothing else left
+
+  // 250 sizes at once: the table of sizes holds 192, so the first 192 freed are kept and the
+  // others go back; all that was kept comes back.
+  std::vector<std::pair<void*, size_t>> sizes;
+  size_t want_kept = 0;
+  for (size_t i = 0; i < 250; ++i) {
+    sizes.emplace_back(detail::pool_alloc(1040 + 16 * i), 1040 + 16 * i);
+    if (i < 192) want_kept += 1040 + 16 * i;
+  }
+  for (auto [p, bytes] : sizes) detail::pool_free(p, bytes);
+  CHECK(detail::pool_large_cached_bytes() == want_kept);
+  size_t back = 0;  // of the kept: the very buffer (the others, from malloc, may be too)
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    void* q = detail::pool_alloc(sizes[i].second);
+    back += i < 192 && q == sizes[i].first ? sizes[i].second : 0;
+    sizes[i].first = q;
+  }
+  CHECK(back == want_kept);
+  CHECK(detail::pool_large_cached_bytes() == 0);
+  for (auto [p, bytes] : sizes) detail::pool_free(p, bytes);
+  for (void* p : big) detail::pool_free(p, mib3);
 }
 
 // The small-block pool (engine/pool.cpp): blocks never overlap, may be freed by another thread
