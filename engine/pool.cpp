@@ -193,7 +193,14 @@ struct LargeCache {
   };
   struct Bin {
     size_t bytes = 0;          // 0: slot never used
-    std::vector<Entry> stack;  // oldest first
+    std::vector<Entry> stack;  // [oldest, size): oldest first; the entries before were dropped
+    size_t oldest = 0;
+    bool empty() const { return oldest == stack.size(); }
+    void forget_dropped() {  // now and then, so that dropping the oldest stays O(1) on average
+      if (empty()) stack.clear(), oldest = 0;
+      else if (oldest >= 64 && 2 * oldest >= stack.size())
+        stack.erase(stack.begin(), stack.begin() + std::ptrdiff_t(oldest)), oldest = 0;
+    }
   };
   static constexpr size_t kBins = 256;  // sizes a thread keeps at once: 3/4 of the slots
   Bin bins[kBins];
@@ -221,35 +228,40 @@ struct LargeCache {
     if (Bin* b = find(n)) return b;
     if (bins_used + 1 > kBins * 3 / 4) {  // rebuilt without the empty bins, if that makes room
       size_t in_use = 0;
-      for (Bin& b : bins) in_use += !b.stack.empty();
+      for (Bin& b : bins) in_use += !b.empty();
       if (in_use + 1 > kBins * 3 / 4) return nullptr;
       std::vector<Bin> kept;
       kept.reserve(in_use);  // may throw; nothing is moved before it
       for (Bin& b : bins)
-        if (!b.stack.empty()) kept.push_back(std::move(b));
+        if (!b.empty()) kept.push_back(std::move(b));
       for (Bin& b : bins) b = Bin{};
       bins_used = 0;
-      for (Bin& b : kept) claim(b.bytes).stack = std::move(b.stack);
+      for (Bin& b : kept) {
+        Bin& to = claim(b.bytes);
+        to.stack = std::move(b.stack);
+        to.oldest = b.oldest;
+      }
     }
     return &claim(n);
   }
   void* take(size_t n) {
     Bin* bin = find(n);
-    if (!bin || bin->stack.empty()) return nullptr;
+    if (!bin || bin->empty()) return nullptr;
     void* p = bin->stack.back().p;
     bin->stack.pop_back();
+    bin->forget_dropped();
     bytes -= n;
     return p;
   }
   // Frees the oldest buffer; false when there is none.
   bool drop_oldest() {
-    Bin* oldest = nullptr;
+    Bin* from = nullptr;
     for (Bin& b : bins)
-      if (!b.stack.empty() && (!oldest || b.stack.front().age < oldest->stack.front().age)) oldest = &b;
-    if (!oldest) return false;
-    raw_free(oldest->stack.front().p, oldest->bytes);
-    oldest->stack.erase(oldest->stack.begin());
-    bytes -= oldest->bytes;
+      if (!b.empty() && (!from || b.stack[b.oldest].age < from->stack[from->oldest].age)) from = &b;
+    if (!from) return false;
+    raw_free(from->stack[from->oldest++].p, from->bytes);
+    from->forget_dropped();
+    bytes -= from->bytes;
     return true;
   }
   // Keeps p, first dropping the oldest buffers while the budget would be passed; false when it is
@@ -270,8 +282,9 @@ struct LargeCache {
   }
   void free_all() {
     for (Bin& b : bins) {
-      for (Entry e : b.stack) raw_free(e.p, b.bytes);
+      for (size_t i = b.oldest; i < b.stack.size(); ++i) raw_free(b.stack[i].p, b.bytes);
       b.stack.clear();
+      b.oldest = 0;
     }
     bytes = 0;
   }

@@ -227,6 +227,24 @@ TEST_CASE("pool: a step's large buffers come back from the cache, which keeps it
   big.push_back(newest);
   CHECK(detail::pool_large_cached_bytes() == 0);  // every one taken back, nothing else left
 
+  // 17,000 of 16 KiB (272 MiB) freed in turn: the oldest leave one by one, and the 16,384 newest
+  // (256 MiB) are the ones that come back.
+  const size_t kib16 = 16384, n16 = 17000, fit = (size_t(256) << 20) / kib16;
+  std::vector<void*> many(n16);
+  for (void*& p : many) p = detail::pool_alloc(kib16);
+  for (void* p : many) detail::pool_free(p, kib16);
+  CHECK(detail::pool_large_cached_bytes() == fit * kib16);
+  const std::set<void*> newest_freed(many.end() - std::ptrdiff_t(fit), many.end());
+  void* const last_freed = many.back();
+  size_t from_newest = 0;
+  for (void*& p : many) {
+    p = detail::pool_alloc(kib16);
+    from_newest += newest_freed.count(p);
+  }
+  CHECK(many[0] == last_freed);
+  CHECK(from_newest == fit);
+  CHECK(detail::pool_large_cached_bytes() == 0);  // all held again, till the end
+
   // 250 sizes at once: the table of sizes holds 192, so the first 192 freed are kept and the
   // others go back; all that was kept comes back.
   std::vector<std::pair<void*, size_t>> sizes;
@@ -247,6 +265,7 @@ TEST_CASE("pool: a step's large buffers come back from the cache, which keeps it
   CHECK(detail::pool_large_cached_bytes() == 0);
   for (auto [p, bytes] : sizes) detail::pool_free(p, bytes);
   for (void* p : big) detail::pool_free(p, mib3);
+  for (void* p : many) detail::pool_free(p, kib16);
 }
 
 // The small-block pool (engine/pool.cpp): blocks never overlap, may be freed by another thread
