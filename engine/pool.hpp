@@ -3,8 +3,9 @@
 // allocates and frees the same few block sizes tens of thousands of times; reusing them last-in
 // first-out is several times cheaper than malloc/free and keeps them warm in cache. Small blocks
 // (≤ 1 KiB) come from 64 KiB slabs owned by one thread each (lock-free for their owner; empty
-// slabs are reused or returned to the kernel), large buffers (up to 64 of them and 256 MiB in
-// all) are kept by exact size; those from 128 KiB up live on 2 MiB (huge) pages. AddressSanitizer builds bypass it so use-after-free stays detectable.
+// slabs are reused or returned to the kernel), large buffers (192 sizes at most, 256 MiB in
+// all, the oldest dropped first) are kept by exact size; those from 128 KiB up live on 2 MiB (huge)
+// pages. AddressSanitizer builds bypass it so use-after-free stays detectable.
 #include <cstddef>
 
 namespace tapegrad::detail {
