@@ -41,6 +41,14 @@ struct Team {
   uint64_t wake_seq = 0;                // bumped to wake sleeping helpers
   int helpers = 0;                      // started (detached); never fewer: those beyond `active` sleep
   uint32_t last_id = 0;
+  std::atomic<void (*)()> chore{nullptr};  // posted by post_chore, run by the first helper free
+
+  // Runs the pending chore, if any; whether there was one.
+  bool run_chore() {
+    void (*c)() = chore.exchange(nullptr);
+    if (c) c();
+    return c != nullptr;
+  }
 
   void wake_all() {
     {
@@ -80,17 +88,24 @@ struct Team {
         i = 0;
         continue;
       }
+      if (run_chore()) {
+        last = clock::now();
+        i = 0;
+        continue;
+      }
       cpu_relax();
       if (i % 64 != 63 || clock::now() - last < kSpin) continue;
       // Dekker with run_parts: we count ourselves a sleeper, then look for work; it publishes work,
       // then looks for sleepers (all seq_cst), so one of us sees the other.
-      // (A helper beyond `active` is not counted: set_intra_op_threads wakes it.)
+      // (A helper beyond `active` is not counted: set_intra_op_threads wakes it.) A chore is
+      // posted before post_chore takes `sleep` to wake us, so under the lock we see one or the other.
       {
         std::unique_lock<std::mutex> lock(sleep);
         const uint64_t seen = wake_seq;
         const bool taking_part = index < active.load();
         if (taking_part) sleepers.fetch_add(1);
-        if (!(taking_part && open(job.load()))) wake.wait(lock, [&] { return wake_seq != seen; });
+        if (!(taking_part && open(job.load())) && !chore.load())
+          wake.wait(lock, [&] { return wake_seq != seen; });
         if (taking_part) sleepers.fetch_sub(1);
       }
       last = clock::now();
@@ -140,6 +155,15 @@ void set_intra_op_threads(int n) {
 }
 
 unsigned long long parallel_jobs() { return jobs_cut; }
+
+bool post_chore(void (*c)()) {
+  Team& t = team();
+  if (t.active.load() == 0) return false;
+  void (*none)() = nullptr;
+  if (!t.chore.compare_exchange_strong(none, c)) return false;
+  t.wake_all();  // a futex call per chore: chores are rare (one per 4 MiB the pool maps)
+  return true;
+}
 
 int run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx) {
   Team& t = team();

@@ -18,6 +18,12 @@ void set_intra_op_threads(int n);
 // and parts must write disjoint memory.
 int run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx);
 
+// Hands `chore` to a helper, which runs it when it has no parts to run; false, and nothing done,
+// when there is no helper (threads = 1) or a chore is still pending. For work that can run late
+// and on any thread, such as the pool's mapping of memory ahead of need (engine/pool.cpp); a
+// chore must not throw, and runs even if the thread count drops to 1 meanwhile.
+bool post_chore(void (*chore)());
+
 // Jobs of two parts or more this thread has run, with helpers or alone (for tests).
 unsigned long long parallel_jobs();
 

@@ -1,5 +1,7 @@
 #include "pool.hpp"
 
+#include "parallel.hpp"
+
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -31,6 +33,7 @@ void pool_free(void* p, size_t) { ::operator delete(p); }
 size_t pool_cached_bytes() { return 0; }
 size_t pool_large_cached_bytes() { return 0; }
 size_t pool_medium_chunks() { return 0; }
+PoolSegments pool_segments() { return {}; }
 bool pool_medium_on_huge_pages() { return false; }
 bool pool_enabled() { return false; }
 #else
@@ -324,6 +327,10 @@ struct Global {
   size_t n_empty = 0;
   std::vector<Slab*> leaving;  // empty slabs beyond the budgets, memory kept until the batch is full
   std::vector<Slab*> released; // empty slabs whose pages went back to the kernel (header page too)
+  std::vector<uintptr_t> ahead; // segments a helper mapped before they were needed (kAheadSegments at most)
+  bool mapping_ahead = false;   // a helper is on it
+  size_t segments_used = 0;     // segments cut into slabs, and of them mapped ahead:
+  size_t segments_taken_ahead = 0;
   Pool pool;
   Global() { pool.is_global = true; }
 };
@@ -334,6 +341,51 @@ Global& global() {
 
 thread_local bool pool_alive = true;  // false once this thread's pool is destroyed
 thread_local Pool pool;
+
+// A fresh segment on a kSlabBytes boundary, its pages populated; 0 when the kernel has no memory.
+// Segments stay on 4 KiB pages. On 2 MiB pages (MADV_HUGEPAGE, tried 29 Nov) a warm process built
+// W4's graph faster (5 repetitions: 340-410 ms against 420-550), but a huge page comes from the
+// kernel's free 2 MiB blocks, which a VM may have handed back to its host: then its first touch
+// costs a host fault too. The first fresh process after W3 freed its memory took 680-995 ms
+// (0.4-0.7 s in the kernel) in 4 of 4 runs, and later ones 545-730 now and then (AMD EPYC VM,
+// 2 Dec 2026); on 4 KiB pages every repetition took 420-550 ms.
+uintptr_t map_segment() noexcept {
+  // Mapped with room to align it; the ragged ends go back.
+  const size_t span = kSegmentBytes + kSlabBytes;
+  void* m = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return 0;
+  auto base = reinterpret_cast<uintptr_t>(m), start = (base + kSlabBytes - 1) & ~(kSlabBytes - 1);
+  if (start > base) munmap(m, start - base);
+  if (base + span > start + kSegmentBytes) munmap(reinterpret_cast<void*>(start + kSegmentBytes), base + span - start - kSegmentBytes);
+  // The segment's pages in one call rather than a fault at each first touch: on the Zen 5 VM
+  // of 6 Dec 2026 (a guest whose page faults are slow) W4's forward took 615-800 ms with a
+  // fault per page, 380-430 populated. Costs a segment of memory at most (4 MiB not yet used),
+  // and the kAheadSegments mapped ahead at threads >= 2.
+  madvise(reinterpret_cast<void*>(start), kSegmentBytes, kMadvPopulateWrite);
+  return start;
+}
+
+// A chore (engine/parallel.hpp) for a helper at threads >= 2: the next segments, mapped and
+// touched while the allocating thread works on the current one. On the Zen 5 VM of 6 Dec 2026 a
+// page's first touch from user space costs ~6 µs even after MADV_POPULATE_WRITE (the hypervisor
+// maps it then: 224 MiB populated took 58 ms, then one write per cache line 370 ms, a second pass
+// 9 ms), and W4's forward, which writes 222 MiB of fresh pages, spent most of its time there. The
+// mapping is per process: one read per page on another CPU made the first pass 9.4 ms.
+constexpr size_t kAheadSegments = 2;
+void map_ahead() {
+  Global& g = global();
+  for (;;) {
+    const uintptr_t start = map_segment();
+    if (start)
+      for (size_t off = 0; off < kSegmentBytes; off += 4096) (void)*reinterpret_cast<volatile char*>(start + off);
+    std::lock_guard<std::mutex> lock(g.mutex);
+    if (start) g.ahead.push_back(start);
+    if (!start || g.ahead.size() >= kAheadSegments) {
+      g.mapping_ahead = false;
+      return;
+    }
+  }
+}
 
 // An empty slab from the global stacks, or from a fresh mapping. Caller holds the mutex.
 Slab* take_empty_slab() {
@@ -349,23 +401,17 @@ Slab* take_empty_slab() {
     s = new (g.released.back()) Slab;  // its header went back with the rest: zero pages now
     g.released.pop_back();
   } else {
-    // Map a segment with room to align it, give back the ragged ends, stack all but one slab.
-    // Segments stay on 4 KiB pages. On 2 MiB pages (MADV_HUGEPAGE, tried 29 Nov) a warm process
-    // built W4's graph faster (5 repetitions: 340-410 ms against 420-550), but a huge page comes
-    // from the kernel's free 2 MiB blocks, which a VM may have handed back to its host: then its
-    // first touch costs a host fault too. The first fresh process after W3 freed its memory took
-    // 680-995 ms (0.4-0.7 s in the kernel) in 4 of 4 runs, and later ones 545-730 now and then
-    // (AMD EPYC VM, 2 Dec 2026); on 4 KiB pages every repetition took 420-550 ms.
-    size_t span = kSegmentBytes + kSlabBytes;
-    void* m = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) throw std::bad_alloc();
-    auto base = reinterpret_cast<uintptr_t>(m), start = (base + kSlabBytes - 1) & ~(kSlabBytes - 1);
-    if (start > base) munmap(m, start - base);
-    if (base + span > start + kSegmentBytes) munmap(reinterpret_cast<void*>(start + kSegmentBytes), base + span - start - kSegmentBytes);
-    // The segment's pages in one call rather than a fault at each first touch: on the Zen 5 VM
-    // of 6 Dec 2026 (a guest whose page faults are slow) W4's forward took 615-800 ms with a
-    // fault per page, 380-430 populated. Costs one segment of memory at most (4 MiB, untouched).
-    madvise(reinterpret_cast<void*>(start), kSegmentBytes, kMadvPopulateWrite);
+    uintptr_t start = 0;
+    if (!g.ahead.empty()) {
+      start = g.ahead.back();
+      g.ahead.pop_back();
+      ++g.segments_taken_ahead;
+    } else if (!(start = map_segment())) {
+      throw std::bad_alloc();
+    }
+    // A process that grows past its first segment likely goes on growing: a helper maps the next.
+    if (++g.segments_used >= 2 && g.ahead.size() < kAheadSegments && !g.mapping_ahead && post_chore(map_ahead))
+      g.mapping_ahead = true;
     for (size_t off = kSegmentBytes; (off -= kSlabBytes) > 0;)  // lowest address handed out first
       g.released.push_back(reinterpret_cast<Slab*>(start + off));  // untouched: as good as released
     s = new (reinterpret_cast<void*>(start)) Slab;
@@ -532,6 +578,12 @@ size_t pool_large_cached_bytes() { return pool_alive ? pool.large.bytes : 0; }
 bool pool_medium_on_huge_pages() { return huge_pages_possible(); }
 
 bool pool_enabled() { return true; }
+
+PoolSegments pool_segments() {
+  Global& g = global();
+  std::lock_guard<std::mutex> lock(g.mutex);
+  return {g.segments_used, g.segments_taken_ahead, g.ahead.size(), g.mapping_ahead};
+}
 
 size_t pool_medium_chunks() {
   MediumChunks& m = medium();

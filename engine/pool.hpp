@@ -5,7 +5,8 @@
 // (≤ 1 KiB) come from 64 KiB slabs owned by one thread each (lock-free for their owner; empty
 // slabs are reused or returned to the kernel), large buffers (192 sizes at most, 256 MiB in
 // all, the oldest dropped first) are kept by exact size; those from 128 KiB up live on 2 MiB (huge)
-// pages. AddressSanitizer builds bypass it so use-after-free stays detectable.
+// pages. Slabs are cut from 4 MiB segments, which at threads >= 2 a helper maps ahead of need.
+// AddressSanitizer builds bypass it so use-after-free stays detectable.
 #include <cstddef>
 
 namespace tapegrad::detail {
@@ -16,4 +17,11 @@ size_t pool_large_cached_bytes();       // large buffers (over 1 KiB) cached by 
 size_t pool_medium_chunks();            // 2 MiB chunks holding buffers of 128 KiB to 2 MiB (process)
 bool pool_medium_on_huge_pages();       // whether they do: the pool is on and huge pages are not off
 bool pool_enabled();                    // false where the pool is bypassed (AddressSanitizer builds)
+// Slab segments (process-wide): cut into slabs so far, of them mapped ahead by a helper, mapped
+// ahead and not yet needed (2 at most), and whether a helper is mapping more now.
+struct PoolSegments {
+  size_t used = 0, taken_ahead = 0, ready = 0;
+  bool mapping = false;
+};
+PoolSegments pool_segments();
 }  // namespace tapegrad::detail

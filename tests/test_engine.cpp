@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <set>
@@ -362,6 +363,62 @@ TEST_CASE("pool: medium buffers share 2 MiB chunks, stay intact across threads, 
   // 24 = 42 chunks (none where operator new serves them: huge pages off, or no pool under ASan)
   CHECK(chunks_in_use == (detail::pool_medium_on_huge_pages() ? 42u : 0u));
   CHECK(detail::pool_medium_chunks() == before);
+}
+
+// At threads >= 2 a helper maps (and touches) the pool's next 4 MiB segments while the allocating
+// thread cuts the current one into slabs (engine/pool.cpp, map_ahead); at one thread nothing is
+// mapped ahead. Blocks from those segments are distinct and keep their values.
+TEST_CASE("pool: at 2 threads a helper maps the next segments ahead, at 1 none is") {
+  if (!detail::pool_enabled()) return;
+  const int before = get_num_threads();
+  std::vector<uint64_t*> blocks;
+  // Allocates 64-byte blocks, each stamped with its index, until `n` more segments are in use.
+  auto grow_by_segments = [&](size_t n) {
+    const size_t target = detail::pool_segments().used + n;
+    while (detail::pool_segments().used < target)
+      for (int i = 0; i < 1024; ++i) {
+        auto* b = static_cast<uint64_t*>(detail::pool_alloc(64));
+        *b = blocks.size();
+        blocks.push_back(b);
+      }
+  };
+  // The helper is on its own: give it up to 20 s (sanitizers are slow).
+  auto wait_until = [](auto done) {
+    for (int i = 0; i < 20000 && !done(detail::pool_segments()); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  };
+  auto wait_ready = [&] {
+    wait_until([](const detail::PoolSegments& s) { return s.ready >= 1; });
+    return detail::pool_segments().ready;
+  };
+
+  set_num_threads(2);
+  grow_by_segments(2);  // past the first segment: the helper starts
+  for (int round = 0; round < 3; ++round) {
+    REQUIRE(wait_ready() >= 1);
+    const detail::PoolSegments s0 = detail::pool_segments();
+    grow_by_segments(1);
+    const detail::PoolSegments s1 = detail::pool_segments();
+    CHECK(s1.taken_ahead == s0.taken_ahead + 1);
+    CHECK(s1.ready <= 2);
+  }
+
+  set_num_threads(1);
+  wait_until([](const detail::PoolSegments& s) { return !s.mapping; });  // a helper at work finishes
+  grow_by_segments(detail::pool_segments().ready + 1);  // uses up what was mapped ahead
+  const detail::PoolSegments s0 = detail::pool_segments();
+  grow_by_segments(2);
+  const detail::PoolSegments s1 = detail::pool_segments();
+  CHECK(s1.taken_ahead == s0.taken_ahead);
+  CHECK(s1.ready == 0);
+
+  std::set<uint64_t*> distinct(blocks.begin(), blocks.end());
+  CHECK(distinct.size() == blocks.size());
+  size_t bad = 0;
+  for (size_t i = 0; i < blocks.size(); ++i) bad += *blocks[i] != i;
+  CHECK(bad == 0);
+  for (uint64_t* b : blocks) detail::pool_free(b, 64);
+  set_num_threads(before);
 }
 
 // The backward sweep's lists grow to the same size every step; their storage passes from one

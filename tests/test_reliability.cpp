@@ -258,6 +258,43 @@ TEST_CASE("threads: run_parts runs every part exactly once, with callers on 4 th
   set_num_threads(before);
 }
 
+// engine/parallel.cpp: a chore goes to a helper, which runs it once, on its own thread, while the
+// caller goes on; with no helper (threads = 1) post_chore refuses it and nothing runs.
+namespace {
+std::atomic<int> chore_runs{0};
+std::atomic<bool> chore_elsewhere{false};
+std::thread::id chore_poster;
+void count_chore() {
+  chore_elsewhere = std::this_thread::get_id() != chore_poster;
+  ++chore_runs;
+}
+}  // namespace
+
+TEST_CASE("threads: a posted chore runs once on a helper, and is refused at 1 thread") {
+  const int before = get_num_threads();
+  chore_poster = std::this_thread::get_id();
+  set_num_threads(1);
+  CHECK_FALSE(detail::post_chore(count_chore));
+  set_num_threads(2);
+  for (int round = 1; round <= 3; ++round) {
+    bool posted = false;  // a chore of the pool may still be pending: then try again
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!(posted = detail::post_chore(count_chore)) && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    REQUIRE(posted);
+    while (chore_runs < round && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    CHECK(chore_runs == round);
+    CHECK(chore_elsewhere);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(chore_runs == 3);  // each ran once
+  set_num_threads(1);
+  CHECK_FALSE(detail::post_chore(count_chore));
+  CHECK(chore_runs == 3);
+  set_num_threads(before);
+}
+
 // Products large enough to be cut into blocks (ops/linalg.cpp), from several threads at once: one
 // thread's blocks run on the helpers, the others' on their own thread; all are the 1-thread values.
 TEST_CASE("threads: products cut into blocks while 4 threads train their own graphs") {
