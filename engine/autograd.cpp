@@ -230,10 +230,11 @@ namespace {
 thread_local uint32_t sweep_epoch = 0;
 
 // A vector whose storage passes from one sweep to the next on this thread (up to kKeep entries,
-// 1 MiB of pointers). The sweep's lists are as long as the graph; with fresh storage each time,
-// malloc handed buffers this big back to the kernel after every backward, and W1 paid ~91 page
-// faults a repetition (~6 µs each on the Zen 5 VM of 6 Dec 2026). A nested sweep (a backward in a
-// hook) finds no spare and starts empty.
+// 1 MiB of pointers), for the sweep's list of nodes and its stack (one spare per element type).
+// Those are as long as the graph; with fresh storage each time, malloc handed buffers this big
+// back to the kernel after every backward, and W1 paid ~91 page faults a repetition (~6 µs each
+// on the Zen 5 VM of 6 Dec 2026). A nested sweep (a backward in a hook) finds no spare and starts
+// empty.
 template <class T>
 struct ScratchVector : std::vector<T> {
   static constexpr size_t kKeep = size_t(1) << 17;
@@ -252,7 +253,7 @@ thread_local std::vector<T> ScratchVector<T>::spare;
 
 struct Sweep {
   ScratchVector<Ref<TensorImpl>> nodes;  // non-leaves to visit, newest first after sorting
-  ScratchVector<Ref<TensorImpl>> leaves;
+  std::vector<Ref<TensorImpl>> leaves;  // usually few (the parameters)
   std::vector<Backward::StepUse> steps;  // leaves updated in backward (register_step_in_backward)
   // functional grad(): which tensors to capture, and what was captured
   const std::vector<Tensor>* capture_inputs = nullptr;
