@@ -229,8 +229,13 @@ void run_w5() {
   std::vector<double> tf, tb, tt, tt_at[2];
   double loss_first = 0, loss_last = 0;
   long flt0 = 0;
+  uint64_t lane0 = 0, helper0 = 0;  // products on the sweep's lane, and those a helper ran
   for (int s = 0; s < g_opt.w5_warm + g_opt.w5_steps; ++s) {
-    if (s == g_opt.w5_warm) flt0 = bench::minflt_self();
+    if (s == g_opt.w5_warm) {
+      flt0 = bench::minflt_self();
+      lane0 = tg::detail::lane_posted();
+      helper0 = tg::detail::lane_run_by_helper();
+    }
     const int n = alternate_threads(s);
     auto t0 = clk::now(), t2 = t0, t3 = t0, t4 = t0, t4b = t0;
     {
@@ -265,14 +270,16 @@ void run_w5() {
     }
   }
   double flt = double(bench::minflt_self() - flt0) / double(g_opt.w5_steps);
+  const double lane = double(tg::detail::lane_posted() - lane0), by_helper = double(tg::detail::lane_run_by_helper() - helper0);
   bool ok = bench::check("W5", "first-step loss", loss_first, 4.158030, 1e-4);
   ok &= bench::check_last_loss("W5", g_opt.w5_warm + g_opt.w5_steps, loss_last, bench::kLastLossW5);
   Stats S = stats(tt);
   if (g_opt.alternate_threads) return print_alternating("W5ALT rnn_step_alternating", "median_ms", tt_at, ok);
   std::printf(
       "W5 rnn_step threads=%d steps=%zu median_ms=%.3f min_ms=%.3f zero_fwd_median_ms=%.3f bwd_median_ms=%.3f "
-      "minflt_per_step=%.1f loss_first=%.6f loss_last=%.6f sgd=%s check=%s\n",
-      g_opt.threads, tt.size(), S.median, S.min, stats(tf).median, stats(tb).median, flt, loss_first, loss_last,
+      "minflt_per_step=%.1f lane_per_step=%.0f lane_on_helper=%.3f loss_first=%.6f loss_last=%.6f sgd=%s check=%s\n",
+      g_opt.threads, tt.size(), S.median, S.min, stats(tf).median, stats(tb).median, flt,
+      lane / double(g_opt.w5_steps), lane > 0 ? by_helper / lane : 0.0, loss_first, loss_last,
       g_opt.sgd_after ? "after_backward" : "in_backward", ok ? "ok" : "FAIL");
   std::fflush(stdout);
 }

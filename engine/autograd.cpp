@@ -60,6 +60,52 @@ void attach(const Tensor& out, Node* node, const char* name, const Tensor* first
 }
 }  // namespace detail
 
+// ---- the helpers' lane ---------------------------------------------------------------------------
+// At threads >= 2 a sweep holds the lane (engine/parallel.hpp), and products that add into a
+// leaf's gradient run there, on a helper, while the sweep goes on (Backward::add_into_later): W5's
+// weights take 128 such products a step, half of its backward's multiply-adds, and nothing reads
+// a leaf's gradient before the sweep's last loop. Anything else that would touch such a leaf's
+// pending gradient first waits for the lane (drain_lane), as does that loop.
+struct detail::LaneUse {
+  Lane* lane = nullptr;
+  std::vector<TensorImpl*> leaves;  // flagged kOnLane
+  LaneUse* outer = nullptr;
+
+  explicit LaneUse(bool wanted);
+  ~LaneUse();
+  LaneUse(const LaneUse&) = delete;
+  LaneUse& operator=(const LaneUse&) = delete;
+  void drain() {
+    if (!lane) return;
+    lane->drain();
+    for (TensorImpl* t : leaves) t->set(TensorImpl::kOnLane, false);
+    leaves.clear();
+  }
+};
+
+namespace {
+thread_local detail::LaneUse* t_lane_use = nullptr;  // the lane this thread's sweep holds
+
+void drain_lane() {
+  if (t_lane_use) t_lane_use->drain();
+}
+}  // namespace
+
+// A sweep nested in another (a backward in a hook) finds the lane taken and runs its products
+// inline; it drains the outer sweep's lane when it touches one of its leaves.
+detail::LaneUse::LaneUse(bool wanted) : lane(wanted ? Lane::acquire() : nullptr) {
+  if (!lane) return;
+  outer = t_lane_use;
+  t_lane_use = this;
+}
+
+detail::LaneUse::~LaneUse() {
+  if (!lane) return;
+  drain();
+  lane->release();
+  t_lane_use = outer;
+}
+
 // ---- accumulation --------------------------------------------------------------------------------
 // out = a + b for same-shape tensors; recorded (dout flows to both) when building a graph of the
 // backward itself, so that gradients of gradients see every contribution.
@@ -100,6 +146,7 @@ static bool pending_is_ours(const TensorImpl* t, bool create_graph) {
 
 void accumulate_grad(const char* op, TensorImpl* t, const Tensor& grad, bool create_graph) {
   check_grad_matches(op, t, grad);
+  if (t->has(TensorImpl::kOnLane)) drain_lane();
   if (t->pending && ExplainGuard::current()) detail::explain_fan_out(t, op, grad);
   if (!t->pending) {
     t->pending = grad.ref();  // the first contribution is stored, not added to zeros
@@ -128,6 +175,7 @@ uint64_t detail::added_in_place() { return added_in_place_count; }
 
 Tensor Backward::pending_to_add_into(size_t i) const {
   TensorImpl* t = input(i).impl();
+  if (t->has(TensorImpl::kOnLane)) drain_lane();
   if (!pending_is_ours(t, create_graph_) || DetectAnomalyGuard::is_enabled() || ExplainGuard::current())
     return Tensor();  // explain and anomaly mode see each contribution through add()
   ++added_in_place_count;
@@ -137,6 +185,23 @@ Tensor Backward::pending_to_add_into(size_t i) const {
 Tensor Backward::fresh_like_input(size_t i) const {
   const Tensor& in = input(i);
   return Tensor(TensorImpl::create(in.dtype(), in.shape()));
+}
+
+detail::Lane* Backward::lane_target(size_t i, Tensor& dst, bool& accumulate) const {
+  if (!lane_ || create_graph_ || DetectAnomalyGuard::is_enabled() || ExplainGuard::current()) return nullptr;
+  TensorImpl* t = input(i).impl();
+  if (t->has(TensorImpl::kNonLeaf)) return nullptr;
+  if (t->has(TensorImpl::kOnLane)) {  // the lane's earlier tasks write it first
+    accumulate = true;
+  } else {
+    if (t->pending && !pending_is_ours(t, false)) return nullptr;
+    accumulate = bool(t->pending);
+    if (!t->pending) t->pending = TensorImpl::create(t->dtype, t->shape);
+    t->set(TensorImpl::kOnLane, true);
+    lane_->leaves.push_back(t);
+  }
+  dst = Tensor(t->pending);
+  return lane_->lane;
 }
 
 const StepInBackward* Backward::fusable_step(size_t i) const {
@@ -321,6 +386,8 @@ struct Sweep {
   }
 
   void run(bool retain_graph, bool create_graph) {
+    detail::LaneUse lane(!create_graph && !DetectAnomalyGuard::is_enabled() && !ExplainGuard::current());
+    detail::LaneUse* on_lane = lane.lane ? &lane : nullptr;
     for (auto& ref : nodes) {
       // The sweep's reference becomes the handle a backward sees as its output: reference counts
       // are atomic, and W1's sweep spent most of its own time on them (Zen 5 VM, 6 Dec 2026).
@@ -332,7 +399,7 @@ struct Sweep {
         int ci = capture_index(p);
         if (ci >= 0) captured[ci] = dout;
         if (!capture_inputs && p->has(TensorImpl::kRetainGrad)) accumulate_into_leaf(p, dout, create_graph);
-        Backward g(*p->node, out, dout, create_graph, &steps);
+        Backward g(*p->node, out, dout, create_graph, &steps, on_lane);
         if (DetectAnomalyGuard::is_enabled()) {
           detail::BackwardScope scope(p->node);
           p->node->backward(g);
@@ -347,6 +414,7 @@ struct Sweep {
         p->set(TensorImpl::kReleased, true);
       }
     }
+    lane.drain();  // the leaves' gradients are complete
     for (auto& ref : leaves) {
       TensorImpl* p = ref.get();
       Tensor dout(std::move(p->pending));

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "callsite.hpp"
+#include "parallel.hpp"
 #include "tensor.hpp"
 
 namespace tapegrad {
@@ -144,6 +145,9 @@ struct Edge {
 };
 
 class Backward;
+namespace detail {
+struct LaneUse;  // the sweep's hold on the helpers' lane (engine/autograd.cpp)
+}
 
 struct Node {
   const char* name = "";
@@ -185,8 +189,8 @@ class Backward {
     std::shared_ptr<const StepInBackward> rule;
   };
   Backward(Node& node, const Tensor& out, const Tensor& dout, bool create_graph,
-           const std::vector<StepUse>* steps = nullptr)
-      : node_(node), out_(out), dout_(dout), create_graph_(create_graph), steps_(steps) {}
+           const std::vector<StepUse>* steps = nullptr, detail::LaneUse* lane = nullptr)
+      : node_(node), out_(out), dout_(dout), create_graph_(create_graph), steps_(steps), lane_(lane) {}
   const Tensor& dout() const { return dout_; }
   const Tensor& out() const;  // this node's output value (checked against in-place changes)
   const Tensor& input(size_t i) const { return node_.inputs[i].input; }
@@ -216,6 +220,29 @@ class Backward {
     add(i, grad, rule);
   }
 
+  // The same, but write(dst, accumulate, later), where dst is the data of a contiguous tensor of
+  // input i's shape and dtype, may run later (later = true), on a helper, while the sweep goes on:
+  // when input i is a leaf, whose gradient nothing reads before the sweep's end, and the sweep
+  // holds the helpers' lane (at threads >= 2; detail::Lane). Contributions to a leaf still add up
+  // in the order the sweep makes them, so the gradient is the one add_into gives. write must hold
+  // what it reads (tensors by value) and must not throw. It should read their data through raw
+  // pointers taken when it was made: a tensor's handle shares a cache line with the reference
+  // count this thread keeps changing, and each read from the helper's core would pull it across.
+  template <class F>
+  void add_into_later(size_t i, F&& write, const char* rule = nullptr) {
+    if (!wants(i)) return;
+    Tensor dst;
+    bool accumulate = false;
+    if (detail::Lane* lane = lane_target(i, dst, accumulate)) {
+      void* data = dst.impl()->data;
+      lane->post([w = std::decay_t<F>(std::forward<F>(write)), dst = std::move(dst), data, accumulate]() mutable {
+        w(data, accumulate, true);
+      });
+      return;
+    }
+    add_into(i, [&](Tensor& d, bool acc) { write(d.impl()->data, acc, false); }, rule);
+  }
+
   // Optimizer in backward: non-null when input i is a leaf with register_step_in_backward, this is
   // its only use in the graph, and nothing needs to see its gradient (no hooks, explain or anomaly
   // mode, create_graph). The op may then, instead of add(i, grad), call apply_step(i, update) with
@@ -228,11 +255,14 @@ class Backward {
  private:
   Tensor pending_to_add_into(size_t i) const;  // undefined unless add_into may add in place
   Tensor fresh_like_input(size_t i) const;     // uninitialised, input i's shape and dtype
+  // The lane, and the buffer a task adds into (accumulate) or writes, when add_into_later may post.
+  detail::Lane* lane_target(size_t i, Tensor& dst, bool& accumulate) const;
   Node& node_;
   const Tensor& out_;
   const Tensor& dout_;
   bool create_graph_;
   const std::vector<StepUse>* steps_;
+  detail::LaneUse* lane_;
   std::vector<std::pair<TensorImpl*, std::function<void()>>> updates_;
 };
 

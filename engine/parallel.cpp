@@ -24,6 +24,11 @@ void cpu_relax() {
 #endif
 }
 
+Lane& the_lane() {
+  static Lane* l = new Lane;  // never destroyed, like the team
+  return *l;
+}
+
 // One job at a time: its id, part count and next unclaimed part live in one 64-bit word, so a
 // claim is a single compare-and-swap and a helper late from an earlier job can never claim a
 // part of the next one (the id differs). A helper reads part/ctx only after claiming a part; the
@@ -88,6 +93,11 @@ struct Team {
         i = 0;
         continue;
       }
+      if (index < active.load(std::memory_order_relaxed) && the_lane().run_next(true)) {
+        last = clock::now();
+        i = 0;
+        continue;
+      }
       if (run_chore()) {
         last = clock::now();
         i = 0;
@@ -97,6 +107,7 @@ struct Team {
       if (i % 64 != 63 || clock::now() - last < kSpin) continue;
       // Dekker with run_parts: we count ourselves a sleeper, then look for work; it publishes work,
       // then looks for sleepers (all seq_cst), so one of us sees the other.
+      // The same with Lane::publish for the lane's tasks.
       // (A helper beyond `active` is not counted: set_intra_op_threads wakes it.) A chore is
       // posted before post_chore takes `sleep` to wake us, so under the lock we see one or the other.
       {
@@ -104,7 +115,7 @@ struct Team {
         const uint64_t seen = wake_seq;
         const bool taking_part = index < active.load();
         if (taking_part) sleepers.fetch_add(1);
-        if (!(taking_part && open(job.load())) && !chore.load())
+        if (!(taking_part && (open(job.load()) || the_lane().has_work())) && !chore.load())
           wake.wait(lock, [&] { return wake_seq != seen; });
         if (taking_part) sleepers.fetch_sub(1);
       }
@@ -163,6 +174,65 @@ bool post_chore(void (*c)()) {
   if (!t.chore.compare_exchange_strong(none, c)) return false;
   t.wake_all();  // a futex call per chore: chores are rare (one per 4 MiB the pool maps)
   return true;
+}
+
+Lane* Lane::acquire() {
+  if (team().active.load() == 0) return nullptr;
+  Lane& l = the_lane();
+  bool owned = false;
+  return l.owned_.compare_exchange_strong(owned, true, std::memory_order_acquire) ? &l : nullptr;
+}
+
+void Lane::release() {
+  drain();
+  owned_.store(false, std::memory_order_release);
+}
+
+bool Lane::has_work() const { return claimed_.load() < posted_.load(); }
+
+bool Lane::run_next(bool helper) {
+  uint64_t k = claimed_.load(std::memory_order_acquire);
+  do {
+    if (k >= posted_.load(std::memory_order_acquire)) return false;
+  } while (!claimed_.compare_exchange_weak(k, k + 1, std::memory_order_acq_rel, std::memory_order_acquire));
+  while (done_.load(std::memory_order_acquire) != k) cpu_relax();  // one at a time, in order
+  Slot& s = slots_[k % kSlots];
+  s.run(s.bytes);
+  if (helper) by_helper_.fetch_add(1, std::memory_order_relaxed);
+  done_.store(k + 1, std::memory_order_release);
+  return true;
+}
+
+void Lane::retire() {
+  for (const uint64_t d = done_.load(std::memory_order_acquire); retired_ < d; ++retired_) {
+    Slot& s = slots_[retired_ % kSlots];
+    s.destroy(s.bytes);
+  }
+}
+
+Lane::Slot& Lane::free_slot() {
+  retire();
+  const uint64_t k = posted_.load(std::memory_order_relaxed);
+  while (k - retired_ >= kSlots) {
+    if (!run_next(false)) cpu_relax();
+    retire();
+  }
+  return slots_[k % kSlots];
+}
+
+void Lane::publish() {
+  posted_.fetch_add(1);  // seq_cst: publishes the slot; then we look for sleepers (Dekker, helper_loop)
+  if (team().sleepers.load() > 0) team().wake_all();
+}
+
+uint64_t lane_posted() { return the_lane().posted_.load(std::memory_order_relaxed); }
+uint64_t lane_run_by_helper() { return the_lane().by_helper_.load(std::memory_order_relaxed); }
+
+void Lane::drain() {
+  while (run_next(false)) {
+  }
+  while (done_.load(std::memory_order_acquire) < posted_.load(std::memory_order_relaxed)) cpu_relax();
+  retire();
 }
 
 int run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx) {

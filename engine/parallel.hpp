@@ -4,6 +4,13 @@
 // pools on two cores would take turns spinning (bench/README.md, the 2 Dec runs).
 #pragma once
 
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <new>
+#include <type_traits>
+#include <utility>
+
 namespace tapegrad::detail {
 
 // The thread count set_num_threads set; until then OpenBLAS's own default (OPENBLAS_NUM_THREADS or
@@ -23,6 +30,62 @@ int run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx);
 // and on any thread, such as the pool's mapping of memory ahead of need (engine/pool.cpp); a
 // chore must not throw, and runs even if the thread count drops to 1 meanwhile.
 bool post_chore(void (*chore)());
+
+// An ordered lane: the tasks its owner posts run one at a time, in the order posted, on a helper,
+// while the owner goes on; drain() runs those no helper has begun on the owner itself and returns
+// once every one has run. In order, because two tasks may add into the same buffer and a sum's
+// value depends on its order: a lane's results are those of running its tasks inline. The backward
+// sweep owns it for the products that add into leaves' gradients (Backward::add_into_later), which
+// nothing reads before the sweep's end. A task must not throw. Tasks are destroyed by the owner,
+// never by a helper, so what they hold is released on the thread that made it.
+class Lane {
+ public:
+  // The lane, owned by the calling thread until release(): null at 1 thread, or while another
+  // thread (or this one, in an outer sweep) owns it.
+  static Lane* acquire();
+  void release();  // drains first
+
+  template <class F>
+  void post(F&& f) {
+    using Task = std::decay_t<F>;
+    static_assert(sizeof(Task) <= kTaskBytes && alignof(Task) <= alignof(std::max_align_t), "task too large for a slot");
+    Slot& s = free_slot();
+    ::new (static_cast<void*>(s.bytes)) Task(std::forward<F>(f));
+    s.run = [](void* t) { (*static_cast<Task*>(t))(); };
+    s.destroy = [](void* t) { static_cast<Task*>(t)->~Task(); };
+    publish();
+  }
+  void drain();
+
+  // Used by the helpers: runs the next task if there is one no one has begun; whether it did.
+  bool run_next(bool helper);
+  bool has_work() const;  // seq_cst: pairs with publish() for a helper about to sleep
+
+ private:
+  static constexpr size_t kSlots = 256, kTaskBytes = 192;
+  struct Slot {
+    void (*run)(void*) = nullptr;
+    void (*destroy)(void*) = nullptr;
+    alignas(std::max_align_t) unsigned char bytes[kTaskBytes];
+  };
+  Slot& free_slot();  // retires tasks that have run; runs one itself when all slots are taken
+  void publish();     // makes the slot free_slot gave visible, and wakes a sleeping helper
+  void retire();      // destroys the tasks that have run
+
+  friend uint64_t lane_posted();
+  friend uint64_t lane_run_by_helper();
+  // The owner's counters apart from the helper's: a line both write would cross the cores twice
+  // for every task.
+  alignas(64) std::atomic<bool> owned_{false};
+  std::atomic<uint64_t> posted_{0};
+  uint64_t retired_ = 0;  // owner only
+  alignas(64) std::atomic<uint64_t> claimed_{0}, done_{0}, by_helper_{0};
+  alignas(64) Slot slots_[kSlots];
+};
+
+// Tasks posted to the lane so far, and how many of them a helper ran (for tests).
+uint64_t lane_posted();
+uint64_t lane_run_by_helper();
 
 // Jobs of two parts or more this thread has run, with helpers or alone (for tests).
 unsigned long long parallel_jobs();

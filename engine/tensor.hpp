@@ -21,7 +21,8 @@ struct TensorExtras;
 class Tensor;
 
 struct TensorImpl {
-  enum Flag : uint8_t { kRequiresGrad = 1, kNonLeaf = 2, kReleased = 4, kRetainGrad = 8, kHasExtras = 16 };
+  // kOnLane: a task on the sweep's lane adds into this leaf's pending gradient (engine/autograd.cpp).
+  enum Flag : uint8_t { kRequiresGrad = 1, kNonLeaf = 2, kReleased = 4, kRetainGrad = 8, kHasExtras = 16, kOnLane = 32 };
 
   std::atomic<uint32_t> refs{1};
   uint32_t version = 0;  // bumped by every in-place write; lives on the data's owner

@@ -64,6 +64,11 @@ inline void stream_chunk(char* d, const char* s) {
 constexpr size_t kStreamBytes = 0;  // no streaming stores on this target: outputs are written plainly
 #endif
 
+// A gradient's kernel of fewer elements than this runs on the sweep's thread, not on its lane
+// (Backward::add_into_later): a post costs the sweep ~0.1 µs, and a futex call when the helper
+// sleeps. Products go there from 1e5 multiply-adds (ops/linalg.cpp).
+constexpr size_t kLaneMinElements = 4096;
+
 // Outputs from this size up are streamed: the L2 cache of this machine (1 MiB if unknown).
 inline size_t streaming_threshold_bytes() {
   static const size_t bytes = [] {

@@ -183,8 +183,12 @@ void whole_or_cut(const std::array<size_t, 6>& shape, Whole whole, Cut cut, void
 // were free, so a result is the same at that count every time; on tapegrad's own kernel it is also
 // that of one thread bit for bit, while OpenBLAS's kernels may sum a block in another order than
 // the whole, by a few ulps (tests/test_linalg.cpp).
+// Alone (a task on the sweep's lane, on a helper) the blocks run one after another, or whole on
+// tapegrad's own kernel, whose blocks are the whole's bit for bit: the same values as the call
+// would give on the sweep's thread.
 template <class T>
-void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, bool tb, T beta, T alpha = T(1)) {
+void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, bool tb, T beta, T alpha = T(1),
+          bool alone = false) {
   if (M == 0 || N == 0) return;
   if (K == 0) {  // empty sum: C = beta·C
     for (size_t i = 0; i < M * N; ++i) C[i] = beta == T(0) ? T(0) : beta * C[i];
@@ -201,15 +205,19 @@ void gemm(const T* A, const T* B, T* C, size_t M, size_t N, size_t K, bool ta, b
   if (per_part == 0) return whole();
   parts = (quanta + per_part - 1) / per_part;  // blocks of per_part quanta; the last takes the rest
   const size_t step = per_part * kBlockQuantum;
-  auto in_blocks = [&] {
-    return detail::run_parts(int(parts), [&](int k) {
-      const size_t lo = size_t(k) * step, len = size_t(k) + 1 == parts ? cut - lo : step;
-      if (by_rows)  // rows lo.. of C are rows lo.. of op(A)
-        gemm_block<T>(by, ta ? A + lo : A + lo * lda, B, C + lo * N, len, N, K, lda, ldb, N, ta, tb, beta, alpha);
-      else  // columns lo.. of C are columns lo.. of op(B)
-        gemm_block<T>(by, A, tb ? B + lo * ldb : B + lo, C + lo, M, len, K, lda, ldb, N, ta, tb, beta, alpha);
-    });
+  auto block = [&](int k) {
+    const size_t lo = size_t(k) * step, len = size_t(k) + 1 == parts ? cut - lo : step;
+    if (by_rows)  // rows lo.. of C are rows lo.. of op(A)
+      gemm_block<T>(by, ta ? A + lo : A + lo * lda, B, C + lo * N, len, N, K, lda, ldb, N, ta, tb, beta, alpha);
+    else  // columns lo.. of C are columns lo.. of op(B)
+      gemm_block<T>(by, A, tb ? B + lo * ldb : B + lo, C + lo, M, len, K, lda, ldb, N, ta, tb, beta, alpha);
   };
+  if (alone) {
+    if (by != By::blas) return whole();
+    for (size_t k = 0; k < parts; ++k) block(int(k));
+    return;
+  }
+  auto in_blocks = [&] { return detail::run_parts(int(parts), block); };
   if (by == By::blas || double(M) * double(N) * double(K) >= kCutUnmeasured) return (void)in_blocks();
   whole_or_cut({M, N, K, size_t(ta), size_t(tb), parts}, whole, in_blocks, C, M * N * sizeof(T));
 }
@@ -223,7 +231,12 @@ std::string op_str(const Shape& s, bool t) { return s.str() + (t ? "ᵀ" : ""); 
 // (register_step_in_backward: plain SGD) and this is its only use, the update is folded into the
 // product: p ← (1 − lr·wd)·p − lr·op(A)·op(B) is one gemm with alpha = −lr, beta = 1 − lr·wd, and
 // the gradient is never stored. That runs once the node's backward has returned, since the node's
-// other gradients may read p's old value.
+// other gradients may read p's old value. Otherwise, at threads >= 2, a product into a leaf of
+// 1e5 to 1e7 multiply-adds runs on the sweep's lane, on a helper, while the sweep goes on
+// (Backward::add_into_later): smaller ones are not worth a post, larger ones are cut in blocks
+// between the threads anyway. W5 at 2 threads gives its helper half its backward's products this
+// way (its step 0.70-0.96 of its time at 1 thread, Zen 5 VM, 6 Dec 2026: the helper's reads of
+// the operands cost the sweep's thread more, the more the cores are apart).
 void add_product(Backward& g, size_t i, const Tensor& A, const Tensor& B, bool ta, bool tb, const char* rule) {
   if (!g.wants(i)) return;
   if (g.create_graph()) {
@@ -237,6 +250,18 @@ void add_product(Backward& g, size_t i, const Tensor& A, const Tensor& B, bool t
     fail(g.op(), ": backward's product ", op_str(A.shape(), ta), "·", op_str(B.shape(), tb),
          " does not fit the input of shape ", p.shape());
   const StepInBackward* step = g.fusable_step(i);
+  const double macs = double(M) * double(N) * double(K);
+  if (!step && macs >= kSplitProduct && macs < kCutUnmeasured) {
+    // A and B keep the operands' buffers until the product has run; it reads them through a and b.
+    g.add_into_later(i, [A, B, a = A.impl()->data, b = B.impl()->data, dt = A.dtype(), M, N, K, ta, tb](
+                            void* dst, bool accumulate, bool later) {
+      dispatch("matmul", dt, [&]<class T>() {
+        gemm<T>(static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(dst), M, N, K, ta, tb,
+                T(accumulate ? 1 : 0), T(1), /*alone=*/later);
+      });
+    }, rule);
+    return;
+  }
   if (!step) {
     g.add_into(i, [&](Tensor& dst, bool accumulate) {
       dispatch("matmul", dst.dtype(), [&]<class T>() {

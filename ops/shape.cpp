@@ -192,15 +192,19 @@ Tensor slice_rows(const char* op, const Tensor& x, size_t d, size_t start, size_
   });
 }
 
-// out[.., index[i], ..] += x[.., i, ..] along dim d
-static void scatter_add_rows(const Tensor& x, const Tensor& out, size_t d, const Tensor& index) {
-  const Shape& shape = out.shape();
-  const int64_t* idx = index.data_ptr<int64_t>();
-  size_t m = index.numel();
-  dispatch("index_add", x.dtype(), [&]<class T>() {
-    move_rows<true>(x.data_ptr<T>(), m, at(0), out.data_ptr<T>(), shape[d], indexed(idx), extent(shape, 0, d),
-                    extent(shape, d + 1, shape.rank()), m);
+// out[.., index[i], ..] += x[.., i, ..] along dim d, out of shape `shape`: on raw data, so that the
+// sweep's lane can run it (index_select's backward)
+static void scatter_add_rows(Dtype dt, const void* x, void* out, const Shape& shape, size_t d, const int64_t* idx,
+                             size_t m) {
+  dispatch("index_add", dt, [&]<class T>() {
+    move_rows<true>(static_cast<const T*>(x), m, at(0), static_cast<T*>(out), shape[d], indexed(idx),
+                    extent(shape, 0, d), extent(shape, d + 1, shape.rank()), m);
   });
+}
+
+static void scatter_add_rows(const Tensor& x, const Tensor& out, size_t d, const Tensor& index) {
+  scatter_add_rows(x.dtype(), x.impl()->data, out.impl()->data, out.shape(), d, index.data_ptr<int64_t>(),
+                   index.numel());
 }
 
 // index_add: y = zeros(shape); y[.., index[i], ..] += x[.., i, ..] along dim d (repeats add up)
@@ -442,10 +446,16 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index, CallSite 
       g.add(0, index_add(g.dout(), in_shape, d, g.input(1)), rule);
       return;
     }
-    g.add_into(0, [&](Tensor& dx, bool accumulate) {  // a gathered table's rows add into its pending gradient
-      if (!accumulate) std::memset(dx.impl()->data, 0, dx.impl()->nbytes());
-      scatter_add_rows(g.dout(), dx, d, g.input(1));
-    }, rule);
+    // A gathered table's rows add into its pending gradient; on the sweep's lane when the table is
+    // a leaf and the rows are many (W5's embedding: 32 of 128), as its products' gradients are.
+    const Tensor &dout = g.dout(), &index = g.input(1);
+    auto scatter = [dout, index, x = dout.impl()->data, dt = dout.dtype(), idx = index.data_ptr<int64_t>(),
+                    m = index.numel(), in_shape, d](void* dx, bool accumulate, bool) {
+      if (!accumulate) std::memset(dx, 0, in_shape.numel() * dtype_size(dt));
+      scatter_add_rows(dt, x, dx, in_shape, d, idx, m);
+    };
+    if (dout.numel() >= kLaneMinElements) g.add_into_later(0, std::move(scatter), rule);
+    else g.add_into(0, [&](Tensor& dx, bool accumulate) { scatter(dx.impl()->data, accumulate, false); }, rule);
   }, "x index");
 }
 

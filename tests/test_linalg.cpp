@@ -272,36 +272,45 @@ TEST_CASE("linalg: at 2 threads products are cut into blocks, with the values an
         std::vector<double> av = leaf64(ta ? Shape{c.K, c.M} : Shape{c.M, c.K}, 7).to_vector();
         std::vector<double> bv = leaf64(tb ? Shape{c.N, c.K} : Shape{c.K, c.N}, 8).to_vector();
         std::vector<double> wv = leaf64({c.M, c.N}, 9).to_vector();
-        // value, and gradients through a product whose output is used twice (dA, dB accumulate)
-        auto run = [&](int threads) {
-          set_num_threads(threads);
-          Tensor a = from_vector(av, ta ? Shape{c.K, c.M} : Shape{c.M, c.K}, dtype(dt).requires_grad());
-          Tensor b = from_vector(bv, tb ? Shape{c.N, c.K} : Shape{c.K, c.N}, dtype(dt).requires_grad());
-          Tensor w = from_vector(wv, {c.M, c.N}, dt);
-          Tensor y = mm(a, b, ta, tb);
-          (sum(y * w) + sum(mm(a, b, ta, tb))).backward();
-          return std::vector<std::vector<double>>{y.to_vector(), a.grad().to_vector(), b.grad().to_vector()};
-        };
-        auto one = run(1);
-        const unsigned long long jobs0 = detail::parallel_jobs();
-        auto two = run(2);
-        // Two products forward; backward, dA [M,K] and dB [K,N] of each. All have M·K·N multiply-adds.
-        const bool big = double(c.M * c.K * c.N) >= 1e5;
-        auto cut = [&](size_t rows, size_t cols) { return big && std::max(rows, cols) >= 32 ? 2u : 0u; };
-        CHECK(detail::parallel_jobs() - jobs0 == cut(c.M, c.N) + cut(c.M, c.K) + cut(c.K, c.N));
-        for (size_t q = 0; q < 3; ++q) {
-          CAPTURE(q);
-          REQUIRE(two[q].size() == one[q].size());
-          double scale = 0, worst = 0;
-          for (double x : one[q]) scale = std::max(scale, std::fabs(x));
-          for (size_t i = 0; i < one[q].size(); ++i) worst = std::max(worst, std::fabs(two[q][i] - one[q][i]));
-          // some 16 ulps of the largest entry: sums over K rounded apart
-          CHECK(worst <= (dt == kFloat64 ? 4e-15 : 1e-6) * scale);
+        // value, and gradients through a product whose output is used twice (dA, dB accumulate).
+        // The product's operands are the leaves themselves, whose gradients' products a helper
+        // runs on the sweep's lane at 2 threads (Backward::add_into_later), in their blocks one
+        // after another; or a·1 and b·1, whose gradients' products are cut like the forward's.
+        for (bool leaves : {false, true}) {
+          CAPTURE(leaves);
+          auto run = [&](int threads) {
+            set_num_threads(threads);
+            Tensor a0 = from_vector(av, ta ? Shape{c.K, c.M} : Shape{c.M, c.K}, dtype(dt).requires_grad());
+            Tensor b0 = from_vector(bv, tb ? Shape{c.N, c.K} : Shape{c.K, c.N}, dtype(dt).requires_grad());
+            Tensor a = leaves ? a0 : a0 * 1.0, b = leaves ? b0 : b0 * 1.0;
+            Tensor w = from_vector(wv, {c.M, c.N}, dt);
+            Tensor y = mm(a, b, ta, tb);
+            (sum(y * w) + sum(mm(a, b, ta, tb))).backward();
+            return std::vector<std::vector<double>>{y.to_vector(), a0.grad().to_vector(), b0.grad().to_vector()};
+          };
+          auto one = run(1);
+          const unsigned long long jobs0 = detail::parallel_jobs();
+          const uint64_t on_lane0 = detail::lane_posted();
+          auto two = run(2);
+          // Two products forward; backward, dA [M,K] and dB [K,N] of each. All have M·K·N multiply-adds.
+          const bool big = double(c.M * c.K * c.N) >= 1e5;
+          auto cut = [&](size_t rows, size_t cols) { return big && std::max(rows, cols) >= 32 ? 2u : 0u; };
+          CHECK(detail::parallel_jobs() - jobs0 == cut(c.M, c.N) + (leaves ? 0u : cut(c.M, c.K) + cut(c.K, c.N)));
+          CHECK(detail::lane_posted() - on_lane0 == (leaves && big ? 4u : 0u));
+          for (size_t q = 0; q < 3; ++q) {
+            CAPTURE(q);
+            REQUIRE(two[q].size() == one[q].size());
+            double scale = 0, worst = 0;
+            for (double x : one[q]) scale = std::max(scale, std::fabs(x));
+            for (size_t i = 0; i < one[q].size(); ++i) worst = std::max(worst, std::fabs(two[q][i] - one[q][i]));
+            // some 16 ulps of the largest entry: sums over K rounded apart
+            CHECK(worst <= (dt == kFloat64 ? 4e-15 : 1e-6) * scale);
+          }
+          std::vector<double> want = ref_mm(av, bv, c.M, c.K, c.N, ta, tb);
+          if (dt == kFloat32)
+            for (double& x : want) x = double(float(x));
+          check_values(from_vector(two[0], {c.M, c.N}, kFloat64), want, dt == kFloat32 ? 1e-4 : 1e-12);
         }
-        std::vector<double> want = ref_mm(av, bv, c.M, c.K, c.N, ta, tb);
-        if (dt == kFloat32)
-          for (double& x : want) x = double(float(x));
-        check_values(from_vector(two[0], {c.M, c.N}, kFloat64), want, dt == kFloat32 ? 1e-4 : 1e-12);
       }
   set_num_threads(before);
   CHECK(get_num_threads() == before);

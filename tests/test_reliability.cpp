@@ -15,6 +15,7 @@
 
 #include "engine/parallel.hpp"
 #include "helpers.hpp"
+#include "ops/sgemm.hpp"
 
 using namespace tapegrad;
 
@@ -292,6 +293,166 @@ TEST_CASE("threads: a posted chore runs once on a helper, and is refused at 1 th
   set_num_threads(1);
   CHECK_FALSE(detail::post_chore(count_chore));
   CHECK(chore_runs == 3);
+  set_num_threads(before);
+}
+
+// engine/parallel.hpp: the lane's tasks run one at a time, in the order posted, mostly on a helper
+// while the owner goes on; drain() runs what no helper has begun. The owner destroys every task.
+namespace {
+struct Witness {  // counts its destructions, and those on another thread than its owner's
+  std::atomic<int>* destroyed;
+  std::atomic<int>* elsewhere;
+  std::thread::id owner;
+  bool live = true;
+  Witness(std::atomic<int>* d, std::atomic<int>* e) : destroyed(d), elsewhere(e), owner(std::this_thread::get_id()) {}
+  Witness(Witness&& o) noexcept : destroyed(o.destroyed), elsewhere(o.elsewhere), owner(o.owner) { o.live = false; }
+  ~Witness() {
+    if (!live) return;
+    ++*destroyed;
+    if (std::this_thread::get_id() != owner) ++*elsewhere;
+  }
+};
+}  // namespace
+
+TEST_CASE("threads: the lane runs tasks one at a time in the order posted, on a helper; drain runs the rest") {
+  const int before = get_num_threads();
+  set_num_threads(1);
+  CHECK(detail::Lane::acquire() == nullptr);  // no helper to run them
+  set_num_threads(2);
+  detail::Lane* lane = detail::Lane::acquire();
+  REQUIRE(lane != nullptr);
+  CHECK(detail::Lane::acquire() == nullptr);  // one owner at a time, the same thread included
+  bool other_got_it = true;
+  std::thread([&] { other_got_it = detail::Lane::acquire() != nullptr; }).join();
+  CHECK_FALSE(other_got_it);
+
+  const int kTasks = 1000;  // more than the lane's 256 slots: the owner waits for, or runs, some
+  std::vector<int> order;   // plain: tasks never overlap
+  std::atomic<int> running{0}, overlaps{0}, destroyed{0}, elsewhere{0};
+  const uint64_t posted0 = detail::lane_posted(), by_helper0 = detail::lane_run_by_helper();
+  for (int i = 0; i < kTasks; ++i) {
+    lane->post([&, i, w = Witness(&destroyed, &elsewhere)] {
+      if (running.fetch_add(1) != 0) ++overlaps;
+      for (volatile int spin = 0; spin < 300; spin = spin + 1) {}
+      order.push_back(i);
+      running.fetch_sub(1);
+    });
+    // The helper takes tasks once it is up (a new thread can take milliseconds to start here).
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    if (i == 10)
+      while (detail::lane_run_by_helper() == by_helper0 && std::chrono::steady_clock::now() < give_up)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  lane->drain();
+  std::vector<int> want(kTasks);
+  for (int i = 0; i < kTasks; ++i) want[size_t(i)] = i;
+  CHECK(order == want);
+  CHECK(overlaps == 0);
+  CHECK(detail::lane_posted() - posted0 == uint64_t(kTasks));
+  CHECK(detail::lane_run_by_helper() > by_helper0);
+  CHECK(destroyed == kTasks);  // each once, once it had run, by the owner
+  CHECK(elsewhere == 0);
+  lane->release();
+  std::thread([&] {
+    detail::Lane* l = detail::Lane::acquire();
+    other_got_it = l != nullptr;
+    if (l) l->release();
+  }).join();
+  CHECK(other_got_it);
+  set_num_threads(before);
+}
+
+// engine/autograd.cpp: at 2 threads the products that add into leaves' gradients run on the lane
+// while the sweep goes on. The gradients are those the sweep gets running them itself (here: while
+// this thread holds the lane), bit for bit, and those of 1 thread (bit for bit on tapegrad's own
+// kernel; BLAS may round the 2 threads' blocks of a product apart from the whole). An embedding's
+// rows (index_select) add up on the lane too, when there are enough of them. The graph also
+// reaches the leaves other ways, which must wait for the lane's tasks: Whh squared, a hook on Why
+// (which sees the full gradient), and a backward of another graph through Whh in a hook.
+TEST_CASE("threads: at 2 threads products into leaves run on the lane, with the sweep's own gradients") {
+  const int before = get_num_threads();
+  const size_t T = 6, B = 32, H = 128, V = 64;  // each product: 128·128·32 multiply-adds; B·H rows' elements
+  for (Dtype dt : {kFloat32, kFloat64}) {
+    CAPTURE(std::string(dtype_name(dt)));
+    auto param = [&](const Shape& s, uint64_t seed) {
+      return from_vector(leaf64(s, seed, -0.3, 0.3).to_vector(), s, dtype(dt).requires_grad());
+    };
+    auto constant = [&](const Shape& s, uint64_t seed) { return from_vector(leaf64(s, seed).to_vector(), s, dt); };
+    auto run = [&](int threads, bool hold_lane) {
+      set_num_threads(threads);
+      Tensor Wxh = param({V, H}, 1), Whh = param({H, H}, 2), b = param({H}, 3), Why = param({H, H}, 4);
+      Tensor xc = constant({B, H}, 5);
+      auto hook = register_hook(Why, [](const Tensor& g) { return g * 2.0; });
+      Tensor h = zeros({B, H}, dt), loss = sum(Whh * Whh) * 0.01;
+      for (size_t t = 0; t < T; ++t) {
+        std::vector<int64_t> tokens(B);
+        for (size_t k = 0; k < B; ++k) tokens[k] = int64_t((k * 7 + t * 13) % V);
+        h = tanh(index_select(Wxh, 0, from_indices(tokens, {B})) + matmul(h, Whh) + b);
+        if (t == 2)
+          register_hook(h, [&](const Tensor&) {
+            EnableGradGuard record;  // a sweep records nothing by itself
+            sum(matmul(xc, Whh)).backward();
+            return Tensor();
+          });
+        loss = loss + sum(tanh(matmul(h, Why)));
+      }
+      detail::Lane* held = hold_lane ? detail::Lane::acquire() : nullptr;
+      if (hold_lane) REQUIRE(held != nullptr);
+      const uint64_t posted0 = detail::lane_posted();
+      loss.backward({}, true);
+      loss.backward();
+      const uint64_t posted = detail::lane_posted() - posted0;
+      if (held) held->release();
+      std::vector<std::vector<double>> out;
+      for (const Tensor& p : {Wxh, Whh, b, Why}) out.push_back(p.grad().to_vector());
+      return std::make_pair(out, posted);
+    };
+    auto [one, posted_one] = run(1, false);
+    auto [inline_two, posted_inline] = run(2, true);
+    auto [lane_two, posted_lane] = run(2, false);
+    CHECK(posted_one == 0u);
+    CHECK(posted_inline == 0u);
+    CHECK(posted_lane == 2 * 3 * T);  // two backwards; at each step Whh's and Why's products, Wxh's rows
+    CHECK(lane_two == inline_two);
+    for (size_t q = 0; q < one.size(); ++q) {
+      CAPTURE(q);
+      double scale = 0, worst = 0;
+      for (size_t i = 0; i < one[q].size(); ++i) {
+        scale = std::max(scale, std::fabs(one[q][i]));
+        worst = std::max(worst, std::fabs(lane_two[q][i] - one[q][i]));
+      }
+      if (dt == kFloat32 && kernel::kHasSgemm) CHECK(worst == 0.0);
+      else CHECK(worst <= 1e-14 * scale);
+    }
+  }
+  set_num_threads(before);
+}
+
+// A backward that throws while the lane has products to add: the sweep waits for them, drops every
+// pending gradient, and leaves .grad() as it was; the next backward starts clean.
+TEST_CASE("threads: a backward that throws with products on the lane leaves the gradients as they were") {
+  const int before = get_num_threads();
+  Tensor x = from_vector(leaf64({32, 64}, 21).to_vector(), {32, 64}, kFloat64);
+  Tensor W = leaf64({64, 64}, 22, -0.2, 0.2), V = leaf64({64, 64}, 23, -0.2, 0.2);
+  auto loss_of = [&] { return sum(tanh(matmul(tanh(matmul(x, W)), V))); };
+  set_num_threads(2);
+  loss_of().backward();
+  const std::vector<double> dW = W.grad().to_vector(), dV = V.grad().to_vector();
+  W.zero_grad();
+  V.zero_grad();
+  Tensor h = tanh(matmul(x, W));
+  register_hook(h, [](const Tensor&) -> Tensor { throw std::runtime_error("hook failed"); });
+  Tensor loss = sum(tanh(matmul(h, V)));
+  const uint64_t posted0 = detail::lane_posted();
+  CHECK_THROWS_WITH_AS(loss.backward(), "hook failed", std::runtime_error);
+  CHECK(detail::lane_posted() - posted0 == 1u);  // dV += hᵀ·dout, before h's hook threw
+  CHECK_FALSE(W.grad().defined());
+  CHECK_FALSE(V.grad().defined());
+  CHECK_FALSE(V.impl()->pending);
+  CHECK_FALSE(V.impl()->has(TensorImpl::kOnLane));
+  loss_of().backward();
+  CHECK(W.grad().to_vector() == dW);
+  CHECK(V.grad().to_vector() == dV);
   set_num_threads(before);
 }
 
