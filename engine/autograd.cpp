@@ -7,6 +7,7 @@
 // after all of its consumers have added (+=) their contributions to its gradient.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <optional>
 
 #include "dispatch.hpp"
@@ -70,6 +71,7 @@ struct detail::LaneUse {
   Lane* lane = nullptr;
   std::vector<TensorImpl*> leaves;  // flagged kOnLane
   LaneUse* outer = nullptr;
+  bool nested = false;  // inside another sweep on this thread
 
   explicit LaneUse(bool wanted);
   ~LaneUse();
@@ -89,17 +91,88 @@ thread_local detail::LaneUse* t_lane_use = nullptr;  // the lane this thread's s
 void drain_lane() {
   if (t_lane_use) t_lane_use->drain();
 }
+
+// Whether the lane pays is measured, per thread, as whether cutting a product pays is
+// (ops/linalg.cpp), but over a whole training step: what the lane costs comes partly after the
+// sweep. The helper's reads leave the operands' cache lines on its core, and the next forward,
+// writing into those buffers again, must take each line back. On the Zen 5 VM of 6 Dec 2026 that
+// made W5's forward at 2 threads 1.08 ms against 0.78 at 1, at times, and its step 1.04-1.07×
+// its time at 1 thread, its backward faster or not; at other times, minutes apart, the forward
+// took 0.60 and the step 0.68×. So trials time the period from the start of one backward on this
+// thread to the start of the next (a training loop's step), in runs of two backwards with the
+// lane and two without; only a run's second period counts, the first may still pay for the
+// other way. After kTrials periods each way, the lane is taken for the next kKept backwards if
+// its median period was at most kMustWin of the other's; then the trials start again, since what
+// pays changes as the host moves its vCPUs. The gradients are the same either way, bit for bit.
+std::atomic<detail::LanePolicy> g_lane_policy{detail::LanePolicy::measure};
+
+struct LaneTrials {
+  static constexpr unsigned kTrials = 5, kKept = 512;
+  static constexpr float kMustWin = 0.97f;
+  std::chrono::steady_clock::time_point start{};  // of the last backward
+  unsigned calls = 0;                            // backwards since the trials or the decision began
+  int way = -1, way_before = -1;                  // of the last backward and the one before (1: lane)
+  float us[2][kTrials];
+  unsigned n[2] = {0, 0};
+  bool decided = false, pays = false;
+
+  bool take_lane() {
+    const auto now = std::chrono::steady_clock::now();
+    if (decided) {
+      if (++calls <= kKept) return pays;
+      *this = LaneTrials{};
+    }
+    if (way >= 0 && way == way_before && n[way] < kTrials) {
+      const float period = std::chrono::duration<float, std::micro>(now - start).count();
+      if (period < 1e6f) us[way][n[way]++] = period;  // not across a pause of the program
+    }
+    if (n[0] == kTrials && n[1] == kTrials) {
+      auto median = [](float* v) {
+        std::nth_element(v, v + kTrials / 2, v + kTrials);
+        return v[kTrials / 2];
+      };
+      pays = median(us[1]) <= kMustWin * median(us[0]);
+      decided = true;
+      calls = 1;
+      return pays;
+    }
+    way_before = way;
+    way = (calls++ / 2) % 2 == 0 ? 1 : 0;  // lane, lane, none, none, lane, ...
+    start = now;
+    return way == 1;
+  }
+};
+thread_local LaneTrials t_lane_trials;
+
+thread_local bool t_in_sweep = false;
+
+// Whether this sweep (wanted: no graph of the backward built, no anomaly or explain mode) takes
+// the lane. A sweep nested in another (a backward in a hook) never does, nor is it timed.
+bool take_lane(bool wanted) {
+  if (!wanted || t_in_sweep || detail::intra_op_threads() < 2) return false;
+  switch (g_lane_policy.load(std::memory_order_relaxed)) {
+    case detail::LanePolicy::always: return true;
+    case detail::LanePolicy::never: return false;
+    case detail::LanePolicy::measure: break;
+  }
+  return t_lane_trials.take_lane();
+}
 }  // namespace
 
-// A sweep nested in another (a backward in a hook) finds the lane taken and runs its products
-// inline; it drains the outer sweep's lane when it touches one of its leaves.
-detail::LaneUse::LaneUse(bool wanted) : lane(wanted ? Lane::acquire() : nullptr) {
+void detail::set_lane_policy(LanePolicy policy) { g_lane_policy.store(policy); }
+
+// A sweep nested in another runs its products inline, and drains the outer sweep's lane when it
+// touches one of its leaves.
+detail::LaneUse::LaneUse(bool wanted) : nested(t_in_sweep) {
+  lane = take_lane(wanted) ? Lane::acquire() : nullptr;
+  t_in_sweep = true;
   if (!lane) return;
   outer = t_lane_use;
   t_lane_use = this;
 }
 
 detail::LaneUse::~LaneUse() {
+  t_in_sweep = nested;
   if (!lane) return;
   drain();
   lane->release();

@@ -293,6 +293,10 @@ uint64_t next_seq();
 uint64_t folded_steps();
 // Contributions a kernel added straight into a pending gradient on this thread (Backward::add_into).
 uint64_t added_in_place();
+// Whether a backward at threads >= 2 takes the helpers' lane: as measured on its thread (the
+// default; engine/autograd.cpp), or always, or never (for tests and benchmarks).
+enum class LanePolicy { measure, always, never };
+void set_lane_policy(LanePolicy policy);
 bool any_requires_grad(const Tensor* first, size_t n);
 void attach(const Tensor& out, Node* node, const char* name, const Tensor* first, size_t n);
 }  // namespace detail

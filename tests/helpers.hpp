@@ -32,6 +32,15 @@ inline tg::Tensor leaf64(const tg::Shape& shape, uint64_t seed, double lo = -1.0
   return tg::from_vector(v, shape, tg::dtype(tg::kFloat64).requires_grad());
 }
 
+// For a test's scope: whether backward at threads >= 2 takes the helpers' lane (by default as
+// measured on its thread, engine/autograd.cpp; tests that count its tasks want it always).
+struct LanePolicyGuard {
+  explicit LanePolicyGuard(tg::detail::LanePolicy p) { tg::detail::set_lane_policy(p); }
+  ~LanePolicyGuard() { tg::detail::set_lane_policy(tg::detail::LanePolicy::measure); }
+  LanePolicyGuard(const LanePolicyGuard&) = delete;
+  LanePolicyGuard& operator=(const LanePolicyGuard&) = delete;
+};
+
 #define CHECK_GRADCHECK(f, inputs)                          \
   do {                                                      \
     auto gc_result_ = tg::gradcheck((f), (inputs));         \

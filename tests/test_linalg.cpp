@@ -255,6 +255,7 @@ struct ProductCutPolicy {
 TEST_CASE("linalg: at 2 threads products are cut into blocks, with the values and gradients of 1 thread") {
   const int before = get_num_threads();
   const ProductCutPolicy always(detail::ProductCut::always);  // products on the kernel too, not as measured
+  const LanePolicyGuard lane(detail::LanePolicy::always);
   struct Case { size_t M, K, N; };
   const std::vector<Case> cases = {
       {64, 48, 40},   // C by rows: 2 blocks of 32

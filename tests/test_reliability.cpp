@@ -371,6 +371,7 @@ TEST_CASE("threads: the lane runs tasks one at a time in the order posted, on a 
 // (which sees the full gradient), and a backward of another graph through Whh in a hook.
 TEST_CASE("threads: at 2 threads products into leaves run on the lane, with the sweep's own gradients") {
   const int before = get_num_threads();
+  const LanePolicyGuard always(detail::LanePolicy::always);
   const size_t T = 6, B = 32, H = 128, V = 64;  // each product: 128·128·32 multiply-adds; B·H rows' elements
   for (Dtype dt : {kFloat32, kFloat64}) {
     CAPTURE(std::string(dtype_name(dt)));
@@ -428,10 +429,45 @@ TEST_CASE("threads: at 2 threads products into leaves run on the lane, with the 
   set_num_threads(before);
 }
 
+// engine/autograd.cpp: by default a thread's backwards take the lane or not as measured: in runs
+// of two with it and two without, whose periods from one backward to the next (a training step)
+// are timed, then, from the 21st, the faster way for 512 backwards; then the trials start again.
+// (On a thread of its own: the trials are per thread.) The gradients are the same either way.
+TEST_CASE("threads: whether backward takes the lane is measured over training steps, then held") {
+  const int before = get_num_threads();
+  set_num_threads(2);
+  std::vector<int> took;  // per backward: 1 if it put its product on the lane
+  std::vector<std::vector<double>> grads;
+  std::thread([&] {
+    Tensor x = from_vector(leaf64({32, 64}, 31).to_vector(), {32, 64}, kFloat32);
+    Tensor W = from_vector(leaf64({64, 64}, 32, -0.1, 0.1).to_vector(), {64, 64}, dtype(kFloat32).requires_grad());
+    for (int step = 0; step < 540; ++step) {
+      const uint64_t posted0 = detail::lane_posted();
+      sum(tanh(matmul(x, W))).backward();  // dW += xᵀ·dout: 64·64·32 multiply-adds
+      took.push_back(int(detail::lane_posted() - posted0));
+      if (step < 24) grads.push_back(W.grad().to_vector());
+      W.zero_grad();
+    }
+  }).join();
+  REQUIRE(took.size() == 540u);
+  for (int k = 0; k < 20; ++k) CHECK(took[size_t(k)] == ((k / 2) % 2 == 0 ? 1 : 0));
+  const int decided = took[20];
+  int held = 0;
+  for (int k = 20; k < 532; ++k) held += took[size_t(k)] == decided;
+  CHECK(held == 512);
+  CHECK(took[532] == 1);  // the trials again: lane, lane, none, none
+  CHECK(took[533] == 1);
+  CHECK(took[534] == 0);
+  CHECK(took[535] == 0);
+  for (const auto& g : grads) CHECK(g == grads[0]);  // the weights do not move: the same gradient each way
+  set_num_threads(before);
+}
+
 // A backward that throws while the lane has products to add: the sweep waits for them, drops every
 // pending gradient, and leaves .grad() as it was; the next backward starts clean.
 TEST_CASE("threads: a backward that throws with products on the lane leaves the gradients as they were") {
   const int before = get_num_threads();
+  const LanePolicyGuard always(detail::LanePolicy::always);
   Tensor x = from_vector(leaf64({32, 64}, 21).to_vector(), {32, 64}, kFloat64);
   Tensor W = leaf64({64, 64}, 22, -0.2, 0.2), V = leaf64({64, 64}, 23, -0.2, 0.2);
   auto loss_of = [&] { return sum(tanh(matmul(tanh(matmul(x, W)), V))); };
