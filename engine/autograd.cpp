@@ -62,16 +62,15 @@ void attach(const Tensor& out, Node* node, const char* name, const Tensor* first
 }  // namespace detail
 
 // ---- the helpers' lane ---------------------------------------------------------------------------
-// At threads >= 2 a sweep holds the lane (engine/parallel.hpp), and products that add into a
-// leaf's gradient run there, on a helper, while the sweep goes on (Backward::add_into_later): W5's
-// weights take 128 such products a step, half of its backward's multiply-adds, and nothing reads
-// a leaf's gradient before the sweep's last loop. Anything else that would touch such a leaf's
-// pending gradient first waits for the lane (drain_lane), as does that loop.
+// At threads >= 2 a sweep may hold the lane (engine/parallel.hpp), and products that add into a
+// leaf's gradient then run there, on a helper, while the sweep goes on (Backward::add_into_later):
+// W5's weights take 128 such products a step, half of its backward's multiply-adds, and nothing
+// reads a leaf's gradient before the sweep's last loop. Anything else that would touch such a
+// leaf's pending gradient first waits for the lane (drain_lane), as does that loop.
 struct detail::LaneUse {
   Lane* lane = nullptr;
   std::vector<TensorImpl*> leaves;  // flagged kOnLane
-  LaneUse* outer = nullptr;
-  bool nested = false;  // inside another sweep on this thread
+  bool nested = false;              // inside another sweep on this thread (which never takes the lane)
 
   explicit LaneUse(bool wanted);
   ~LaneUse();
@@ -166,9 +165,7 @@ void detail::set_lane_policy(LanePolicy policy) { g_lane_policy.store(policy); }
 detail::LaneUse::LaneUse(bool wanted) : nested(t_in_sweep) {
   lane = take_lane(wanted) ? Lane::acquire() : nullptr;
   t_in_sweep = true;
-  if (!lane) return;
-  outer = t_lane_use;
-  t_lane_use = this;
+  if (lane) t_lane_use = this;
 }
 
 detail::LaneUse::~LaneUse() {
@@ -176,7 +173,7 @@ detail::LaneUse::~LaneUse() {
   if (!lane) return;
   drain();
   lane->release();
-  t_lane_use = outer;
+  t_lane_use = nullptr;
 }
 
 // ---- accumulation --------------------------------------------------------------------------------

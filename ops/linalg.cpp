@@ -235,8 +235,9 @@ std::string op_str(const Shape& s, bool t) { return s.str() + (t ? "ᵀ" : ""); 
 // 1e5 to 1e7 multiply-adds runs on the sweep's lane, on a helper, while the sweep goes on
 // (Backward::add_into_later): smaller ones are not worth a post, larger ones are cut in blocks
 // between the threads anyway. W5 at 2 threads gives its helper half its backward's products this
-// way (its step 0.70-0.96 of its time at 1 thread, Zen 5 VM, 6 Dec 2026: the helper's reads of
-// the operands cost the sweep's thread more, the more the cores are apart).
+// way when the sweep's trials find that it pays (engine/autograd.cpp; on the Zen 5 VM of 6 Dec
+// 2026 its step then took 0.65-0.75 of its time at 1 thread, and the trials said no a third of
+// the time).
 void add_product(Backward& g, size_t i, const Tensor& A, const Tensor& B, bool ta, bool tb, const char* rule) {
   if (!g.wants(i)) return;
   if (g.create_graph()) {

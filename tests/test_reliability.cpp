@@ -337,11 +337,11 @@ TEST_CASE("threads: the lane runs tasks one at a time in the order posted, on a 
       order.push_back(i);
       running.fetch_sub(1);
     });
-    // The helper takes tasks once it is up (a new thread can take milliseconds to start here).
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    if (i == 10)
+    if (i == 10) {  // the helper takes tasks once it is up (a new thread can take milliseconds to start here)
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
       while (detail::lane_run_by_helper() == by_helper0 && std::chrono::steady_clock::now() < give_up)
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
   }
   lane->drain();
   std::vector<int> want(kTasks);
