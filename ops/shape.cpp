@@ -449,13 +449,17 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index, CallSite 
     // A gathered table's rows add into its pending gradient; on the sweep's lane when the table is
     // a leaf and the rows are many (W5's embedding: 32 of 128), as its products' gradients are.
     const Tensor &dout = g.dout(), &index = g.input(1);
-    auto scatter = [dout, index, x = dout.impl()->data, dt = dout.dtype(), idx = index.data_ptr<int64_t>(),
-                    m = index.numel(), in_shape, d](void* dx, bool accumulate, bool) {
+    auto scatter = [x = dout.impl()->data, dt = dout.dtype(), idx = index.data_ptr<int64_t>(), m = index.numel(),
+                    in_shape, d](void* dx, bool accumulate) {
       if (!accumulate) std::memset(dx, 0, in_shape.numel() * dtype_size(dt));
       scatter_add_rows(dt, x, dx, in_shape, d, idx, m);
     };
-    if (dout.numel() >= kLaneMinElements) g.add_into_later(0, std::move(scatter), rule);
-    else g.add_into(0, [&](Tensor& dx, bool accumulate) { scatter(dx.impl()->data, accumulate, false); }, rule);
+    if (dout.numel() < kLaneMinElements) {
+      g.add_into(0, [&](Tensor& dx, bool accumulate) { scatter(dx.impl()->data, accumulate); }, rule);
+      return;
+    }
+    // dout and index keep the buffers scatter reads until it has run
+    g.add_into_later(0, [scatter, dout, index](void* dx, bool accumulate, bool) { scatter(dx, accumulate); }, rule);
   }, "x index");
 }
 
