@@ -5,7 +5,7 @@
 //
 // Usage: bench_tapegrad [--threads N] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S]
 //                       [--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward]
-//                       [--main-cpu C] [--alternate-threads]
+//                       [--main-cpu C] [--alternate-threads] [--lane measure|always|never]
 // W2, W3 and W5 update the parameters with optim::SGD in backward (in_backward = true: in W2/W3 the
 // step of each weight is folded into the gemm of its gradient); --sgd-after-backward runs the
 // usual backward() then a separate SGD pass instead.
@@ -14,7 +14,8 @@
 // (scripts/bench does), as the libtorch program needs it. --main-cpu C pins the main thread (the
 // one that runs the workloads) to CPU C and leaves the helpers free: scripts/bench compares 1 and
 // 2 threads with the main thread on the same CPU, since a VM's vCPUs may differ in speed.
-// --alternate-threads (W1 and W5): see alternate_threads below.
+// --alternate-threads (W1 and W5): see alternate_threads below. --lane: whether a backward at 2
+// threads takes the helpers' lane (engine/node.hpp, detail::LanePolicy; default measure).
 #include <tapegrad/tapegrad.hpp>
 
 #include <optional>
@@ -320,6 +321,9 @@ int main(int argc, char** argv) {
   if (g_opt.main_cpu >= 0) bench::pin_this_thread(-1);
   tg::set_num_threads(g_opt.threads);
   if (g_opt.main_cpu >= 0) bench::pin_this_thread(g_opt.main_cpu);
+  tg::detail::set_lane_policy(g_opt.lane == "always"  ? tg::detail::LanePolicy::always
+                              : g_opt.lane == "never" ? tg::detail::LanePolicy::never
+                                                      : tg::detail::LanePolicy::measure);
   if (g_opt.w4_child >= 0) return w4_child(g_opt.w4_child == 1);
 
   const char* ob_env = std::getenv("OPENBLAS_NUM_THREADS");

@@ -225,6 +225,7 @@ struct Options {
   int w4_child = -1;  // internal: 1 = child with backward, 0 = without
   int main_cpu = -1;  // tapegrad only: the CPU the main thread is pinned to (helpers stay free)
   bool alternate_threads = false;  // tapegrad only: W1 and W5 switch between 1 and 2 threads
+  std::string lane = "measure";     // tapegrad only: whether a backward takes the helpers' lane
   bool selected(const std::string& w) const {
     return only.empty() || std::find(only.begin(), only.end(), w) != only.end();
   }
@@ -241,7 +242,7 @@ inline void usage(const char* prog) {
   std::fprintf(stderr,
                "%s [--threads N] [--blas-threads K] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S] "
                "[--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward] [--info] "
-               "[--main-cpu C] [--alternate-threads]\n",
+               "[--main-cpu C] [--alternate-threads] [--lane measure|always|never]\n",
                prog);
 }
 
@@ -283,9 +284,10 @@ inline Options parse_args(int argc, char** argv) {
     else if (a == "--info") o.info = true;
     else if (a == "--main-cpu") o.main_cpu = std::stoi(next());
     else if (a == "--alternate-threads") o.alternate_threads = true;
+    else if (a == "--lane") o.lane = next();
     else { usage(argv[0]); std::exit(2); }
   }
-  if (o.threads < 1) { usage(argv[0]); std::exit(2); }
+  if (o.threads < 1 || (o.lane != "measure" && o.lane != "always" && o.lane != "never")) { usage(argv[0]); std::exit(2); }
   if (o.blas_threads < 0) o.blas_threads = o.threads;
   return o;
 }
