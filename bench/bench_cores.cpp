@@ -5,7 +5,9 @@
 // its end). rewrite: A writes 1 MiB that B has just read, as the next forward writes the buffers a
 // helper read in the backward; own_rewrite: the same after A itself read it. Medians of 9 trials.
 // A VM's vCPUs may sit on one core complex or on two dies: on the Zen 5 VM of 6 Dec 2026 the round
-// trip was ~430 ns (a shared L3 gives ~50-100), and that decides whether W5 gains at 2 threads.
+// trip was 563-576 ns all afternoon (cores sharing an L3 take ~50-100), and rewriting lines the
+// other CPU had read cost 8.8-10.2 ns each against 5.0-5.7. That did not tell when W5's lane paid:
+// in run I it did in round 1 and not in rounds 2-4, while these figures stayed the same.
 //
 // Usage: bench_cores [A B]   (default 0 1)
 #include <pthread.h>
