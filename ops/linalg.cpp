@@ -235,9 +235,10 @@ std::string op_str(const Shape& s, bool t) { return s.str() + (t ? "ᵀ" : ""); 
 // 1e5 to 1e7 multiply-adds runs on the sweep's lane, on a helper, while the sweep goes on
 // (Backward::add_into_later): smaller ones are not worth a post, larger ones are cut in blocks
 // between the threads anyway. W5 at 2 threads gives its helper half its backward's products this
-// way when the sweep's trials find that it pays (engine/autograd.cpp; on the Zen 5 VM of 6 Dec
-// 2026 its step then took 0.65-0.75 of its time at 1 thread; the trials took the lane in 25 of a
-// run's 40 processes, and in none of the next run's).
+// way when the sweep's trials find that it pays (engine/autograd.cpp). On the Zen 5 VM of 6 Dec
+// 2026 that followed where the host put the two vCPUs (bench/bench_cores, run J): near (a cache
+// line's round trip ~180 ns) the step took 0.66-0.71 of its time at 1 thread; far (550-720 ns)
+// the helper's reads cost the next forward what the backward gained, and the trials left it.
 void add_product(Backward& g, size_t i, const Tensor& A, const Tensor& B, bool ta, bool tb, const char* rule) {
   if (!g.wants(i)) return;
   if (g.create_graph()) {
