@@ -102,7 +102,8 @@ void drain_lane() {
 // lane and two without; only a run's second period counts, the first may still pay for the
 // other way. After kTrials periods each way, the lane is taken for the next kKept backwards if
 // its median period was at most kMustWin of the other's; then the trials start again, since what
-// pays changes as the host moves its vCPUs (near or far apart: bench/bench_cores). The gradients are the same either way, bit for bit.
+// pays changes as the host moves its vCPUs (near or far apart: bench/bench_cores). The gradients
+// are the same either way, bit for bit.
 std::atomic<detail::LanePolicy> g_lane_policy{detail::LanePolicy::measure};
 
 struct LaneTrials {
