@@ -3,7 +3,7 @@
 // per CPU model at load time, and a release older than the CPU does not know its model and falls
 // back to "Prescott", its SSE3 kernels. Debian 12's OpenBLAS 0.3.21 does that on Intel's CPU model
 // 207 (an AVX-512 Xeon): sgemm of W3's products ran at 20–31 GFLOP/s on one core there, against
-// 104–121 with OPENBLAS_CORETYPE=SkylakeX (bench/README.md, 3 Dec 2026). OpenBLAS reads that
+// 104–121 with OPENBLAS_CORETYPE=SkylakeX (bench/HISTORY.md, 3 Dec 2026). OpenBLAS reads that
 // variable only when it is loaded, so tapegrad cannot change it from inside the program; it says so
 // once (warn_if_blas_fallback), and its scripts set it (scripts/openblas-coretype).
 #include <string>

@@ -1,7 +1,7 @@
 // tapegrad's intra-op threads. At set_num_threads(n), a kernel may cut its work into parts that the
 // calling thread and n − 1 helper threads run side by side (ops/linalg.cpp cuts a product into
 // blocks of rows or columns). BLAS itself then runs on one thread inside each part: two thread
-// pools on two cores would take turns spinning (bench/README.md, the 2 Dec runs).
+// pools on two cores would take turns spinning (bench/HISTORY.md, the 2 Dec runs).
 #pragma once
 
 #include <atomic>

@@ -45,7 +45,7 @@ constexpr size_t kMaxLargeBytes = size_t(256) << 20;
 // Buffers of 2 MiB and more start on a 2 MiB boundary and are marked MADV_HUGEPAGE: with
 // transparent huge pages in "madvise" mode (Debian's default) a [2048,2048] float matrix then
 // needs 8 TLB entries instead of 4096, and GEMM's packing of strided panels feels it: W3's
-// training step went from 197-213 to 159-166 ms (bench/README.md). Sizes are not rounded up, so
+// training step went from 197-213 to 159-166 ms (bench/HISTORY.md). Sizes are not rounded up, so
 // no memory is wasted: a partial 2 MiB at the end keeps 4 KiB pages.
 constexpr size_t kHugePage = size_t(2) << 20;
 
