@@ -287,8 +287,8 @@ int w4_child(bool do_backward) {
 int main(int argc, char** argv) {
   g_opt = bench::parse_args(argc, argv);
   // OpenMP starts its threads at the first parallel region: they would inherit a pin.
-  if (g_opt.main_cpu >= 0 || g_opt.alternate_threads || g_opt.lane != "measure") {
-    std::fprintf(stderr, "--main-cpu, --alternate-threads, --lane: bench_tapegrad only\n");
+  if (g_opt.main_cpu >= 0 || g_opt.alternate_threads || g_opt.lane != "measure" || g_opt.cut != "measure") {
+    std::fprintf(stderr, "--main-cpu, --alternate-threads, --lane, --cut: bench_tapegrad only\n");
     return 2;
   }
   torch::manual_seed(0);  // no torch RNG is used (init is explicit), seeded anyway

@@ -6,6 +6,7 @@
 // Usage: bench_tapegrad [--threads N] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S]
 //                       [--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward]
 //                       [--main-cpu C] [--alternate-threads] [--lane measure|always|never]
+//                       [--cut measure|always|never]
 // W2, W3 and W5 update the parameters with optim::SGD in backward (in_backward = true: in W2/W3 the
 // step of each weight is folded into the gemm of its gradient); --sgd-after-backward runs the
 // usual backward() then a separate SGD pass instead.
@@ -15,7 +16,10 @@
 // one that runs the workloads) to CPU C and leaves the helpers free: scripts/bench compares 1 and
 // 2 threads with the main thread on the same CPU, since a VM's vCPUs may differ in speed.
 // --alternate-threads (W1 and W5): see alternate_threads below. --lane: whether a backward at 2
-// threads takes the helpers' lane (engine/node.hpp, detail::LanePolicy; default measure).
+// threads takes the helpers' lane (engine/node.hpp, detail::LanePolicy; default measure). --cut:
+// whether a product small enough to be timed whole and cut is cut between the threads
+// (ops/linalg.cpp, detail::ProductCut; default measure).
+#include <ops/sgemm.hpp>
 #include <tapegrad/tapegrad.hpp>
 
 #include <optional>
@@ -324,6 +328,9 @@ int main(int argc, char** argv) {
   tg::detail::set_lane_policy(g_opt.lane == "always"  ? tg::detail::LanePolicy::always
                               : g_opt.lane == "never" ? tg::detail::LanePolicy::never
                                                       : tg::detail::LanePolicy::measure);
+  tg::detail::set_product_cut(g_opt.cut == "always"  ? tg::detail::ProductCut::always
+                              : g_opt.cut == "never" ? tg::detail::ProductCut::never
+                                                     : tg::detail::ProductCut::measure);
   if (g_opt.w4_child >= 0) return w4_child(g_opt.w4_child == 1);
 
   const char* ob_env = std::getenv("OPENBLAS_NUM_THREADS");
