@@ -102,8 +102,9 @@ void drain_lane() {
 // lane and two without; only a run's second period counts, the first may still pay for the
 // other way. After kTrials periods each way, the lane is taken for the next kKept backwards if
 // its median period was at most kMustWin of the other's; then the trials start again, since what
-// pays changes as the host moves its vCPUs (near or far apart: bench/bench_cores). The gradients
-// are the same either way, bit for bit.
+// pays changes as the host moves its vCPUs (near or far apart: bench/bench_cores), after up to
+// 8 × kKept backwards while they keep finding the same (detail::Hold). The gradients are the same
+// either way, bit for bit.
 std::atomic<detail::LanePolicy> g_lane_policy{detail::LanePolicy::measure};
 
 struct LaneTrials {
@@ -115,12 +116,16 @@ struct LaneTrials {
   float us[2][kTrials];
   unsigned n[2] = {0, 0};
   bool decided = false, pays = false;
+  unsigned kept = kKept;  // backwards the decision holds
+  detail::Hold hold;      // kept across the trials
 
   bool take_lane() {
     const auto now = std::chrono::steady_clock::now();
     if (decided) {
-      if (++calls <= kKept) return pays;
-      *this = LaneTrials{};
+      if (++calls <= kept) return pays;
+      LaneTrials again;
+      again.hold = hold;
+      *this = again;
     }
     if (way >= 0 && way == way_before && n[way] < kTrials) {
       const float period = std::chrono::duration<float, std::micro>(now - start).count();
@@ -134,6 +139,7 @@ struct LaneTrials {
       pays = median(us[1]) <= kMustWin * median(us[0]);
       decided = true;
       calls = 1;
+      kept = hold.after(pays, kKept);
       return pays;
     }
     way_before = way;

@@ -90,6 +90,23 @@ uint64_t lane_run_by_helper();
 // Jobs of two parts or more this thread has run, with helpers or alone (for tests).
 unsigned long long parallel_jobs();
 
+// How long a choice that was timed (the lane in engine/autograd.cpp, a product's cut in
+// ops/linalg.cpp) is held before it is timed again: `base` calls, twice as many each time a new
+// timing confirms the last choice (up to 8×), `base` again when it changes. What pays moves with
+// the host (bench/bench_cores), so the choice is timed again; but on a host that stays as it was,
+// each timing only costs: timing W5's products once per 64 steps with the vCPUs far apart, where
+// the cut calls take 2.6× as long, made its step at 2 threads ~1 % slower than at 1 (run K, 6 Dec
+// 2026: 2 threads faster in 9 of 40 pairs).
+struct Hold {
+  unsigned doublings = 0;
+  int last = -1;  // the last choice (0 or 1), -1 before the first
+  unsigned after(bool choice, unsigned base) {
+    doublings = last == int(choice) ? (doublings < 3 ? doublings + 1 : 3) : 0;
+    last = int(choice);
+    return base << doublings;
+  }
+};
+
 template <class F>
 int run_parts(int parts, const F& part) {
   return run_parts(parts, [](const void* f, int k) { (*static_cast<const F*>(f))(k); }, &part);

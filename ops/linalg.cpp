@@ -68,13 +68,15 @@ constexpr size_t kBlockQuantum = 16;
 // next op would pay for otherwise, and counts only if a helper ran a part: a helper asleep wakes
 // slowly on that VM, the caller meanwhile runs every part, and such calls timed as fast as whole
 // ones. The shape is cut when that was clearly faster (a wrong cut costs up to 2.6×, a wrong whole
-// at most the cut's gain), or whole if the helpers never took part, for its next 4096 calls; then
-// it is timed again, since what pays changes as the host moves and loads its vCPUs. On that VM,
-// within the same hour, W5's products took 1.6-1.8× whole's time cut, then 0.75×; and later a W5
-// step at one thread took 3.6-3.9 ms on CPU 0 against 2.2-3.0 on CPU 1, where cutting paid for a
-// caller on CPU 0 (its helper on the faster CPU 1) and not for one on CPU 1. Per thread, and not
-// in the shape's first calls, which are cut as before: a first training step faults in its
-// buffers' pages, and on that VM a fault took ~10 µs, more than a product.
+// at most the cut's gain), or whole if the helpers never took part or the first cut calls were
+// clearly slower (kCutQuickTrials, kCutClearlyLoses), for its next 4096 calls; then it is timed
+// again (after up to 8 × 4096 calls while the timings agree: detail::Hold), since what pays
+// changes as the host moves and loads its vCPUs. On that VM, within the same hour, W5's products
+// took 1.6-1.8× whole's time cut, then 0.75×; and later a W5 step at one thread took 3.6-3.9 ms
+// on CPU 0 against 2.2-3.0 on CPU 1, where cutting paid for a caller on CPU 0 (its helper on the
+// faster CPU 1) and not for one on CPU 1. Per thread, and not in the shape's first calls, which
+// are cut as before: a first training step faults in its buffers' pages, and on that VM a fault
+// took ~10 µs, more than a product.
 // On that kernel a block's values are the whole's bit for bit, so the choice moves only the
 // time. Products on BLAS are cut by size alone: a block there may round apart from the whole, and
 // a value should not depend on a timing.
@@ -84,6 +86,9 @@ constexpr unsigned kCutWarmCalls = 64;  // calls before the timing starts (W5: o
 constexpr unsigned kCutTrials = 5;      // timed calls of each way; their medians decide
 constexpr unsigned kCutTries = 4 * kCutTrials;  // cut calls that may go without a helper's part
 constexpr float kCutMustWin = 0.9f;     // cut when its median is below this share of whole's
+constexpr unsigned kCutQuickTrials = 2;   // whole, without more cut calls, when the first ones
+constexpr float kCutClearlyLoses = 1.5f;  // all took over this many times whole's median (vCPUs
+                                          // far apart: 2.6×; near, 0.6-0.75×)
 constexpr size_t kMaxCutShapes = 1024;  // shapes remembered per thread; beyond, products are cut
 std::atomic<detail::ProductCut> g_product_cut{detail::ProductCut::measure};
 
@@ -94,13 +99,23 @@ struct CutTrials {
   unsigned n[2] = {0, 0};  // calls that count: [0] whole, [1] cut with a helper's part
   float us[2][kCutTrials];
   bool decided = false, cut_pays = false;
+  unsigned kept = kCutKept;  // calls the decision holds
+  detail::Hold hold;         // kept across timings
 
+  void decide(bool cut) {
+    decided = true;
+    cut_pays = cut;
+    calls = 0;
+    kept = hold.after(cut, kCutKept);
+  }
   // Counts a call of a decided shape; false when the decision has run its course and the shape
   // is to be timed again, without the warm-up calls.
   bool keep_decision() {
-    if (++calls <= kCutKept) return true;
-    *this = CutTrials{};
-    calls = kCutWarmCalls;  // the next call is the untimed first one
+    if (++calls <= kept) return true;
+    CutTrials again;
+    again.hold = hold;
+    again.calls = kCutWarmCalls;  // the next call is the untimed first one
+    *this = again;
     return false;
   }
 };
@@ -164,16 +179,15 @@ void whole_or_cut(const std::array<size_t, 6>& shape, Whole whole, Cut cut, void
   const float us = std::chrono::duration<float, std::micro>(std::chrono::steady_clock::now() - start).count();
   if (way == 1) ++t.tries;
   if (first || (way == 1 && helped == 0)) {
-    if (t.tries <= kCutTries) return;
-    t.decided = true;  // the helpers did not take part: cutting gains nothing
-    t.calls = 0;
+    if (t.tries > kCutTries) t.decide(false);  // the helpers did not take part: cutting gains nothing
     return;
   }
   t.us[way][t.n[way]++] = us;
-  if (t.n[1] < kCutTrials) return;
-  t.cut_pays = median_of(t.us[1], kCutTrials) < kCutMustWin * median_of(t.us[0], kCutTrials);
-  t.decided = true;
-  t.calls = 0;
+  if (way == 0 || t.n[1] < kCutQuickTrials) return;
+  const float whole_us = median_of(t.us[0], kCutTrials);
+  if (t.n[1] == kCutQuickTrials && *std::min_element(t.us[1], t.us[1] + kCutQuickTrials) > kCutClearlyLoses * whole_us)
+    return t.decide(false);
+  if (t.n[1] == kCutTrials) t.decide(median_of(t.us[1], kCutTrials) < kCutMustWin * whole_us);
 }
 
 // C = alpha·op(A)·op(B) + beta·C. At n threads (set_num_threads) a product is cut into up to n

@@ -429,9 +429,24 @@ TEST_CASE("threads: at 2 threads products into leaves run on the lane, with the 
   set_num_threads(before);
 }
 
+// detail::Hold: a timed choice is held for twice as many calls each time a new timing confirms
+// it, up to 8 × the base, and for the base again when a timing changes it.
+TEST_CASE("threads: a timed choice is held longer while the timings confirm it") {
+  detail::Hold hold;
+  CHECK(hold.after(true, 512) == 512u);  // the first timing
+  CHECK(hold.after(true, 512) == 1024u);
+  CHECK(hold.after(true, 512) == 2048u);
+  CHECK(hold.after(true, 512) == 4096u);
+  CHECK(hold.after(true, 512) == 4096u);  // at most 8×
+  CHECK(hold.after(false, 512) == 512u);  // changed
+  CHECK(hold.after(false, 4096) == 8192u);
+  CHECK(hold.after(true, 4096) == 4096u);
+}
+
 // engine/autograd.cpp: by default a thread's backwards take the lane or not as measured: in runs
 // of two with it and two without, whose periods from one backward to the next (a training step)
-// are timed, then, from the 21st, the faster way for 512 backwards; then the trials start again.
+// are timed, then, from the 21st, the faster way for 512 backwards; then the trials start again,
+// and the way they find is held for 1024 backwards if it is the same as before, else 512.
 // (On a thread of its own: the trials are per thread.) The gradients are the same either way.
 TEST_CASE("threads: whether backward takes the lane is measured over training steps, then held") {
   const int before = get_num_threads();
@@ -441,7 +456,7 @@ TEST_CASE("threads: whether backward takes the lane is measured over training st
   std::thread([&] {
     Tensor x = from_vector(leaf64({32, 64}, 31).to_vector(), {32, 64}, kFloat32);
     Tensor W = from_vector(leaf64({64, 64}, 32, -0.1, 0.1).to_vector(), {64, 64}, dtype(kFloat32).requires_grad());
-    for (int step = 0; step < 540; ++step) {
+    for (int step = 0; step < 1600; ++step) {
       const uint64_t posted0 = detail::lane_posted();
       sum(tanh(matmul(x, W))).backward();  // dW += xᵀ·dout: 64·64·32 multiply-adds
       took.push_back(int(detail::lane_posted() - posted0));
@@ -449,16 +464,22 @@ TEST_CASE("threads: whether backward takes the lane is measured over training st
       W.zero_grad();
     }
   }).join();
-  REQUIRE(took.size() == 540u);
-  for (int k = 0; k < 20; ++k) CHECK(took[size_t(k)] == ((k / 2) % 2 == 0 ? 1 : 0));
-  const int decided = took[20];
-  int held = 0;
-  for (int k = 20; k < 532; ++k) held += took[size_t(k)] == decided;
-  CHECK(held == 512);
-  CHECK(took[532] == 1);  // the trials again: lane, lane, none, none
-  CHECK(took[533] == 1);
-  CHECK(took[534] == 0);
-  CHECK(took[535] == 0);
+  REQUIRE(took.size() == 1600u);
+  auto trials_at = [&](size_t from, size_t n) {  // lane, lane, none, none, lane, ...
+    for (size_t k = 0; k < n; ++k) CHECK(took[from + k] == ((k / 2) % 2 == 0 ? 1 : 0));
+  };
+  auto held_from = [&](size_t from, size_t n) {  // the way decided, n backwards from `from`
+    size_t held = 0;
+    for (size_t k = from; k < from + n; ++k) held += took[k] == took[from];
+    CHECK(held == n);
+    return took[from];
+  };
+  trials_at(0, 20);
+  const int first = held_from(20, 512);
+  trials_at(532, 20);  // the trials again
+  const size_t second_hold = took[552] == first ? 1024 : 512;  // longer when they found the same
+  held_from(552, second_hold);
+  trials_at(552 + second_hold, 4);
   for (const auto& g : grads) CHECK(g == grads[0]);  // the weights do not move: the same gradient each way
   set_num_threads(before);
 }
