@@ -94,9 +94,10 @@ unsigned long long parallel_jobs();
 // ops/linalg.cpp) is held before it is timed again: `base` calls, twice as many each time a new
 // timing confirms the last choice (up to 8×), `base` again when it changes. What pays moves with
 // the host (bench/bench_cores), so the choice is timed again; but on a host that stays as it was,
-// each timing only costs: timing W5's products once per 64 steps with the vCPUs far apart, where
-// the cut calls take 2.6× as long, made its step at 2 threads ~1 % slower than at 1 (run K, 6 Dec
-// 2026: 2 threads faster in 9 of 40 pairs).
+// each timing only costs. With the vCPUs far apart (6 Dec 2026, run K) W5's step at 2 threads
+// was 1.1 % slower than at 1 (faster in 9 of 40 pairs), where it timed its 6 product shapes every
+// 64 steps, their cut calls 2.6× as long as whole ones; in 20 pairs after, W5 with the timings
+// took 1.0045× its time at 1 thread, and with the lane and the cut forced off 1.0002×.
 struct Hold {
   unsigned doublings = 0;
   int last = -1;  // the last choice (0 or 1), -1 before the first
