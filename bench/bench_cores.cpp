@@ -4,15 +4,14 @@
 // round_trip: one cache line passed from A to B and back (a helper told of a task, and the owner of
 // its end). rewrite: A writes 1 MiB that B has just read, as the next forward writes the buffers a
 // helper read in the backward; own_rewrite: the same after A itself read it. Medians of 9 trials.
-// A VM's vCPUs may sit on one core complex or on two dies: on the Zen 5 VM of 6 Dec 2026 the round
-// trip was 563-576 ns all afternoon (cores sharing an L3 take ~50-100), and rewriting lines the
-// other CPU had read cost 8.8-10.2 ns each against 5.0-5.7. That did not tell when W5's lane paid:
-// in run I it did in round 1 and not in rounds 2-4, while these figures stayed the same.
+// A VM's vCPUs may sit near each other or far apart, and the host moves them within minutes: on
+// the Zen 5 VM of 6 Dec 2026 the round trip read ~180 ns at times (rewriting lines the other CPU
+// had read then cost what rewriting one's own did, ~5-7 ns) and 550-720 ns at others (2-5 ns more
+// per line). W5's lane paid in the first case (t2/t1 0.64-0.71) and not in the second (~1.0):
+// bench/README.md (run L) and bench/HISTORY.md (run J). scripts/bench runs this right before and
+// after each round's W5 pairs.
 //
 // Usage: bench_cores [A B]   (default 0 1)
-#include <pthread.h>
-#include <sched.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -21,18 +20,11 @@
 #include <thread>
 #include <vector>
 
+#include "common.hpp"
+
 namespace {
 using clk = std::chrono::steady_clock;
-
-void pin(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  if (int rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set); rc != 0) {
-    std::fprintf(stderr, "bench_cores: cannot pin to CPU %d (rc %d)\n", cpu, rc);
-    std::exit(2);
-  }
-}
+using bench::pin_this_thread;
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -45,7 +37,7 @@ double round_trip_ns(int b) {  // from the calling thread, pinned to A
   constexpr long kTrips = 20000;
   g_flag.store(0);
   std::thread other([&] {
-    pin(b);
+    pin_this_thread(b);
     for (long i = 1; i <= kTrips; ++i) {
       while (g_flag.load(std::memory_order_acquire) != 2 * i - 1) {
       }
@@ -74,7 +66,7 @@ double rewrite_ns_per_line(std::vector<float>& buf, int reader_cpu, int a, float
   if (reader_cpu == a) sink += read_all(buf);
   else {
     std::thread r([&] {
-      pin(reader_cpu);
+      pin_this_thread(reader_cpu);
       sink += read_all(buf);
     });
     r.join();
@@ -93,7 +85,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: bench_cores [A B]\n");
     return 2;
   }
-  pin(a);
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  if (a < 0 || b < 0 || a >= cpus || b >= cpus || a == b) {
+    std::fprintf(stderr, "bench_cores: CPUs %d and %d: need two different CPUs of 0..%ld\n", a, b, cpus - 1);
+    return 2;
+  }
+  pin_this_thread(a);
   std::vector<float> buf(size_t(1) << 18, 1.0f);  // 1 MiB
   float sink = 0;
   std::vector<double> trip, rewrite, own;
