@@ -94,10 +94,12 @@ unsigned long long parallel_jobs();
 // ops/linalg.cpp) is held before it is timed again: `base` calls, twice as many each time a new
 // timing confirms the last choice (up to 8×), `base` again when it changes. What pays moves with
 // the host (bench/bench_cores), so the choice is timed again; but on a host that stays as it was,
-// each timing only costs. With the vCPUs far apart (6 Dec 2026, run K) W5's step at 2 threads
-// was 1.1 % slower than at 1 (faster in 9 of 40 pairs), where it timed its 6 product shapes every
-// 64 steps, their cut calls 2.6× as long as whole ones; in 20 pairs after, W5 with the timings
-// took 1.0045× its time at 1 thread, and with the lane and the cut forced off 1.0002×.
+// each timing only costs. With the vCPUs far apart (6 Dec 2026, run K in bench/HISTORY.md) W5's
+// step at 2 threads was 1.1 % slower than at 1 (faster in 9 of 40 pairs), where it timed its 6
+// product shapes every 64 steps, their cut calls 2.6× as long as whole ones; in 20 pairs after,
+// W5 with the timings took 1.0045× its time at 1 thread, and with the lane and the cut forced off
+// 1.0002×. Held, it still took ~1.006× (run M); what is left of that lies outside the timed calls
+// themselves, mostly in later forwards (bench/README.md, "Latest").
 struct Hold {
   unsigned doublings = 0;
   int last = -1;  // the last choice (0 or 1), -1 before the first
