@@ -99,7 +99,8 @@ unsigned long long parallel_jobs();
 // product shapes every 64 steps, their cut calls 2.6× as long as whole ones; in 20 pairs after,
 // W5 with the timings took 1.0045× its time at 1 thread, and with the lane and the cut forced off
 // 1.0002×. Held, it still took ~1.006× (run M); what is left of that lies outside the timed calls
-// themselves, mostly in later forwards (bench/README.md, "Latest").
+// themselves: the lane's ten trial backwards leave every later forward ~1 % slower, for hundreds of
+// steps, by a cause not found yet (bench/README.md, "Latest").
 struct Hold {
   unsigned doublings = 0;
   int last = -1;  // the last choice (0 or 1), -1 before the first
