@@ -100,7 +100,9 @@ unsigned long long parallel_jobs();
 // W5 with the timings took 1.0045× its time at 1 thread, and with the lane and the cut forced off
 // 1.0002×. Held, it still took ~1.006× (run M); what is left of that lies outside the timed calls
 // themselves: the lane's ten trial backwards leave every later forward ~1 % slower, for hundreds of
-// steps, by a cause not found yet (bench/README.md, "Latest").
+// steps. Their tasks hold their operands until retired, so those backwards give the pool's large
+// buffers back in another order, which the later steps keep (taken last-in first-out, given back
+// in reverse), and W5's forward is slower in that order (bench/README.md, "Latest").
 struct Hold {
   unsigned doublings = 0;
   int last = -1;  // the last choice (0 or 1), -1 before the first
