@@ -6,7 +6,7 @@
 // Usage: bench_tapegrad [--threads N] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S]
 //                       [--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward]
 //                       [--main-cpu C] [--alternate-threads] [--lane measure|always|never]
-//                       [--cut measure|always|never]
+//                       [--cut measure|always|never] [--far measure|yes|no]
 // W2, W3 and W5 update the parameters with optim::SGD in backward (in_backward = true: in W2/W3 the
 // step of each weight is folded into the gemm of its gradient); --sgd-after-backward runs the
 // usual backward() then a separate SGD pass instead.
@@ -18,7 +18,8 @@
 // --alternate-threads (W1 and W5): see alternate_threads below. --lane: whether a backward at 2
 // threads takes the helpers' lane (engine/node.hpp, detail::LanePolicy; default measure). --cut:
 // whether a product small enough to be timed whole and cut is cut between the threads
-// (ops/linalg.cpp, detail::ProductCut; default measure).
+// (ops/linalg.cpp, detail::ProductCut; default measure). --far yes|no: whether the helpers count as
+// far from the main thread, which skips both timings (detail::helpers_far; default: measured).
 #include <ops/sgemm.hpp>
 #include <tapegrad/tapegrad.hpp>
 
@@ -331,11 +332,16 @@ int main(int argc, char** argv) {
   tg::detail::set_product_cut(g_opt.cut == "always"  ? tg::detail::ProductCut::always
                               : g_opt.cut == "never" ? tg::detail::ProductCut::never
                                                      : tg::detail::ProductCut::measure);
+  tg::detail::set_helpers_far(g_opt.far == "yes" ? 1 : g_opt.far == "no" ? 0 : -1);
   if (g_opt.w4_child >= 0) return w4_child(g_opt.w4_child == 1);
 
   const char* ob_env = std::getenv("OPENBLAS_NUM_THREADS");
-  std::printf("INFO engine=tapegrad threads=%d tapegrad_threads=%d OPENBLAS_NUM_THREADS=%s main_cpu=%d\n",
-              g_opt.threads, tg::get_num_threads(), ob_env ? ob_env : "unset", g_opt.main_cpu);
+  // The helpers' round trip as detail::helpers_far reads it (-1: threads = 1 or not measured).
+  const double round_trip = g_opt.threads > 1 ? tg::detail::helpers_round_trip_ns() : -1;
+  std::printf("INFO engine=tapegrad threads=%d tapegrad_threads=%d OPENBLAS_NUM_THREADS=%s main_cpu=%d "
+              "helpers_round_trip_ns=%.0f far=%s\n",
+              g_opt.threads, tg::get_num_threads(), ob_env ? ob_env : "unset", g_opt.main_cpu, round_trip,
+              g_opt.far.c_str());
   if (!ob_env || std::atoi(ob_env) != g_opt.threads)
     std::fprintf(stderr, "note: set OPENBLAS_NUM_THREADS=%d in the environment too (WORKLOADS.md, threads)\n",
                  g_opt.threads);

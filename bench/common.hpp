@@ -227,6 +227,7 @@ struct Options {
   bool alternate_threads = false;  // tapegrad only: W1 and W5 switch between 1 and 2 threads
   std::string lane = "measure";     // tapegrad only: whether a backward takes the helpers' lane
   std::string cut = "measure";      // tapegrad only: whether a small product is cut between the threads
+  std::string far = "measure";      // tapegrad only: whether the helpers count as far (detail::helpers_far)
   bool selected(const std::string& w) const {
     return only.empty() || std::find(only.begin(), only.end(), w) != only.end();
   }
@@ -243,7 +244,7 @@ inline void usage(const char* prog) {
   std::fprintf(stderr,
                "%s [--threads N] [--blas-threads K] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S] "
                "[--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward] [--info] "
-               "[--main-cpu C] [--alternate-threads] [--lane measure|always|never] [--cut measure|always|never]\n",
+               "[--main-cpu C] [--alternate-threads] [--lane measure|always|never] [--cut measure|always|never] [--far measure|yes|no]\n",
                prog);
 }
 
@@ -287,10 +288,12 @@ inline Options parse_args(int argc, char** argv) {
     else if (a == "--alternate-threads") o.alternate_threads = true;
     else if (a == "--lane") o.lane = next();
     else if (a == "--cut") o.cut = next();
+    else if (a == "--far") o.far = next();
     else { usage(argv[0]); std::exit(2); }
   }
   auto is_policy = [](const std::string& v) { return v == "measure" || v == "always" || v == "never"; };
-  if (o.threads < 1 || !is_policy(o.lane) || !is_policy(o.cut)) { usage(argv[0]); std::exit(2); }
+  const bool far_ok = o.far == "measure" || o.far == "yes" || o.far == "no";
+  if (o.threads < 1 || !is_policy(o.lane) || !is_policy(o.cut) || !far_ok) { usage(argv[0]); std::exit(2); }
   if (o.blas_threads < 0) o.blas_threads = o.threads;
   return o;
 }

@@ -103,8 +103,9 @@ void drain_lane() {
 // other way. After kTrials periods each way, the lane is taken for the next kKept backwards if
 // its median period was at most kMustWin of the other's; then the trials start again, since what
 // pays changes as the host moves its vCPUs (near or far apart: bench/bench_cores), after up to
-// 8 × kKept backwards while they keep finding the same (detail::Hold). The gradients are the same
-// either way, bit for bit.
+// 8 × kKept backwards while they keep finding the same (detail::Hold). With the helpers far from
+// this thread the trials are skipped and the lane left for kKept backwards (detail::helpers_far).
+// The gradients are the same either way, bit for bit.
 std::atomic<detail::LanePolicy> g_lane_policy{detail::LanePolicy::measure};
 
 struct LaneTrials {
@@ -126,6 +127,13 @@ struct LaneTrials {
       LaneTrials again;
       again.hold = hold;
       *this = again;
+    }
+    if (calls == 0 && detail::helpers_far()) {  // the trials would only cost (detail::helpers_far)
+      decided = true;
+      pays = false;
+      calls = 1;
+      kept = kKept;
+      return false;
     }
     if (way >= 0 && way == way_before && n[way] < kTrials) {
       const float period = std::chrono::duration<float, std::micro>(now - start).count();

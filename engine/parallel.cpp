@@ -1,5 +1,6 @@
 #include "parallel.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -235,9 +236,9 @@ void Lane::drain() {
   retire();
 }
 
-int run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx) {
+namespace {
+int run_job(int parts, void (*part)(const void* ctx, int k), const void* ctx) {
   Team& t = team();
-  if (parts >= 2) ++jobs_cut;
   std::unique_lock<std::mutex> lock(t.use, std::defer_lock);
   if (parts <= 1 || parts > 0xffff || !lock.try_lock() || t.active.load() == 0) {
     for (int k = 0; k < parts; ++k) part(ctx, k);
@@ -251,6 +252,102 @@ int run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx) 
   const int mine = t.work();
   while (t.done.load(std::memory_order_acquire) < parts) cpu_relax();
   return parts - mine;
+}
+
+// A cache line's round trip between the calling thread and a helper: a ball passed back and forth
+// kTrips times through one atomic by the two parts of a job. The part that starts waits kJoin for
+// the other (a helper asleep on a far vCPU took over 2 ms to wake, at times), then gives up, and
+// the other, if it comes late, sees that and leaves; a player descheduled mid-game gives up after
+// kPlay. So a game costs at most kJoin + kPlay, never a hang.
+struct PingPong {
+  using clock = std::chrono::steady_clock;
+  static constexpr uint32_t kTrips = 256;
+  static constexpr auto kJoin = std::chrono::milliseconds(10), kPlay = std::chrono::milliseconds(2);
+  std::atomic<uint32_t> ball{0};  // odd: the joiner's turn; even: the starter's
+  std::atomic<int> state{0};      // 0 waiting for the joiner, 1 playing, 2 given up
+  double ns = -1;                 // per round trip, once the starter has played every trip
+
+  // Spins until the ball is `want`; false if the game was given up, by either side.
+  bool wait_for(uint32_t want, clock::time_point deadline) {
+    for (unsigned i = 1; ball.load(std::memory_order_acquire) != want; ++i) {
+      if (state.load(std::memory_order_relaxed) == 2) return false;
+      cpu_relax();
+      if (i % 256 == 0 && clock::now() > deadline) {
+        state.store(2);
+        return false;
+      }
+    }
+    return true;
+  }
+  void join() {
+    int waiting = 0;
+    if (!state.compare_exchange_strong(waiting, 1)) return;  // given up already
+    const auto deadline = clock::now() + kPlay;
+    for (uint32_t i = 0; i < kTrips; ++i) {
+      if (!wait_for(2 * i + 1, deadline)) return;
+      ball.store(2 * i + 2, std::memory_order_release);
+    }
+  }
+  void start() {
+    const auto join_by = clock::now() + kJoin;
+    while (state.load(std::memory_order_acquire) == 0) {
+      cpu_relax();
+      int waiting = 0;
+      if (clock::now() > join_by && state.compare_exchange_strong(waiting, 2)) return;
+    }
+    const auto t0 = clock::now(), deadline = t0 + kPlay;
+    for (uint32_t i = 0; i < kTrips; ++i) {
+      ball.store(2 * i + 1, std::memory_order_release);
+      if (!wait_for(2 * i + 2, deadline)) return;
+    }
+    ns = std::chrono::duration<double, std::nano>(clock::now() - t0).count() / kTrips;
+  }
+  static void play(const void* ctx, int k) {
+    auto* g = static_cast<PingPong*>(const_cast<void*>(ctx));
+    k == 0 ? g->start() : g->join();
+  }
+};
+
+// One game's round trip in ns, or -1 when no helper played.
+double one_round_trip_ns() {
+  PingPong game;
+  run_job(2, PingPong::play, &game);
+  return game.state.load() == 1 ? game.ns : -1;
+}
+
+std::atomic<int> g_far_set{-1};
+}  // namespace
+
+int run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx) {
+  if (parts >= 2) ++jobs_cut;
+  return run_job(parts, part, ctx);
+}
+
+double helpers_round_trip_ns() {
+  constexpr int kGames = 9, kEnough = 5;
+  double ns[kGames];
+  int n = 0;
+  for (int i = 0; i < kGames; ++i)
+    if (double v = one_round_trip_ns(); v > 0) ns[n++] = v;
+  if (n < kEnough) return -1;
+  std::nth_element(ns, ns + n / 2, ns + n);
+  return ns[n / 2];
+}
+
+void set_helpers_far(int far) { g_far_set.store(far); }
+
+bool helpers_far() {
+  if (int set = g_far_set.load(std::memory_order_relaxed); set >= 0) return set == 1;
+  using clock = std::chrono::steady_clock;
+  thread_local clock::time_point measured{};
+  thread_local bool far = false;
+  const auto now = clock::now();
+  if (measured == clock::time_point{} || now - measured > std::chrono::milliseconds(100)) {
+    const double ns = helpers_round_trip_ns();
+    far = ns > kFarRoundTripNs;
+    measured = now;
+  }
+  return far;
 }
 
 }  // namespace tapegrad::detail

@@ -90,6 +90,23 @@ uint64_t lane_run_by_helper();
 // Jobs of two parts or more this thread has run, with helpers or alone (for tests).
 unsigned long long parallel_jobs();
 
+// A cache line's round trip between the calling thread and a helper, in ns: the median of 9 games
+// of 256 trips, or -1 when a helper played fewer than 5 of them (threads = 1, the helpers busy
+// with another thread's job, or slow to wake).
+double helpers_round_trip_ns();
+
+// Whether this thread's helpers are far from it: helpers_round_trip_ns() over kFarRoundTripNs,
+// measured at most every 100 ms per thread (false when it could not be measured). Then the lane's
+// trials (engine/autograd.cpp) and a product's cut timings (ops/linalg.cpp) are skipped, their
+// choice being to keep the work on the calling thread: on the Zen 5 VM of 6 Dec 2026 the host put
+// the two vCPUs near (bench/bench_cores: 170-380 ns; this probe 94-175) or far apart (545-790;
+// this probe 384-544), and far apart neither the lane nor a cut of a small product ever paid, and
+// their timings cost W5 ~0.6 % over the whole run (Hold, below). set_helpers_far(1 or 0) fixes
+// the answer (tests, bench/bench_tapegrad --far), -1 measures again.
+constexpr double kFarRoundTripNs = 280;
+bool helpers_far();
+void set_helpers_far(int far);
+
 // How long a choice that was timed (the lane in engine/autograd.cpp, a product's cut in
 // ops/linalg.cpp) is held before it is timed again: `base` calls, twice as many each time a new
 // timing confirms the last choice (up to 8×), `base` again when it changes. What pays moves with

@@ -76,7 +76,8 @@ constexpr size_t kBlockQuantum = 16;
 // on CPU 0 against 2.2-3.0 on CPU 1, where cutting paid for a caller on CPU 0 (its helper on the
 // faster CPU 1) and not for one on CPU 1. Per thread, and not in the shape's first calls, which
 // are cut as before: a first training step faults in its buffers' pages, and on that VM a fault
-// took ~10 µs, more than a product.
+// took ~10 µs, more than a product. With the helpers far from the caller (detail::helpers_far) the
+// shape is left whole for 4096 calls untimed.
 // On that kernel a block's values are the whole's bit for bit, so the choice moves only the
 // time. Products on BLAS are cut by size alone: a block there may round apart from the whole, and
 // a value should not depend on a timing.
@@ -107,6 +108,12 @@ struct CutTrials {
     cut_pays = cut;
     calls = 0;
     kept = hold.after(cut, kCutKept);
+  }
+  void leave_whole() {  // unmeasured, the helpers being far (detail::helpers_far): not a Hold's choice
+    decided = true;
+    cut_pays = false;
+    calls = 0;
+    kept = kCutKept;
   }
   // Counts a call of a decided shape; false when the decision has run its course and the shape
   // is to be timed again, without the warm-up calls.
@@ -166,6 +173,7 @@ void whole_or_cut(const std::array<size_t, 6>& shape, Whole whole, Cut cut, void
   CutTrials& t = *trials;
   if (t.decided && t.keep_decision()) return t.cut_pays ? (void)cut() : whole();
   if (++t.calls <= kCutWarmCalls) return (void)cut();
+  if (t.calls == kCutWarmCalls + 1 && detail::helpers_far()) return t.leave_whole(), whole();
   const unsigned way = t.n[0] < kCutTrials ? 0 : 1;
   const bool first = t.calls == kCutWarmCalls + 1 || (way == 1 && t.n[1] == 0 && t.tries == 0);
   const auto start = std::chrono::steady_clock::now();

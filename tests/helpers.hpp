@@ -41,6 +41,16 @@ struct LanePolicyGuard {
   LanePolicyGuard& operator=(const LanePolicyGuard&) = delete;
 };
 
+// For a test's scope: whether the helpers count as far from the calling thread (1), near (0), or
+// as measured (-1, the default; detail::helpers_far). Far, the lane's and the cut's timings are
+// skipped; tests of those timings fix it at near, so that they run on any machine.
+struct HelpersFarGuard {
+  explicit HelpersFarGuard(int far) { tg::detail::set_helpers_far(far); }
+  ~HelpersFarGuard() { tg::detail::set_helpers_far(-1); }
+  HelpersFarGuard(const HelpersFarGuard&) = delete;
+  HelpersFarGuard& operator=(const HelpersFarGuard&) = delete;
+};
+
 #define CHECK_GRADCHECK(f, inputs)                          \
   do {                                                      \
     auto gc_result_ = tg::gradcheck((f), (inputs));         \

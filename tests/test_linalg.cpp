@@ -7,7 +7,9 @@
 #include <cstdlib>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <random>
+#include <thread>
 #include <tuple>
 
 #include "engine/blas.hpp"
@@ -565,6 +567,7 @@ TEST_CASE("linalg: float32 mm runs tapegrad's kernel for K <= 512, M*K <= 65536,
 // BLAS (float64 here) is cut by its size whatever the policy.
 TEST_CASE("linalg: at 2 threads a product on the kernel is cut or not as measured for its shape, with 1 thread's values") {
   const int before = get_num_threads();
+  std::optional<HelpersFarGuard> near(0);  // the timings run (far, they are skipped: below)
   const size_t M = 32, K = 128, N = 96;  // 393,216 multiply-adds: cut into 2 blocks of columns
   Tensor a = from_vector(leaf64({M, K}, 15).to_vector(), {M, K}, kFloat32);
   Tensor b = from_vector(leaf64({K, N}, 16).to_vector(), {K, N}, kFloat32);
@@ -603,6 +606,26 @@ TEST_CASE("linalg: at 2 threads a product on the kernel is cut or not as measure
   {
     const ProductCutPolicy always(detail::ProductCut::always);
     CHECK(cuts_in(3) == 3u);
+  }
+  // With the helpers far (detail::helpers_far) the shape is left whole after its first 64 calls,
+  // untimed. (On a thread of its own, where the shape is new: the timings are per thread.)
+  near.reset();
+  if (kernel::kHasSgemm) {
+    const HelpersFarGuard far(1);
+    unsigned long long first = 0, after = 0;
+    size_t differ = 0;
+    std::thread([&] {
+      auto cuts = [&](int calls) {
+        const unsigned long long jobs0 = detail::parallel_jobs();
+        for (int i = 0; i < calls; ++i) differ += mm(a, b).to_vector() != one;
+        return detail::parallel_jobs() - jobs0;
+      };
+      first = cuts(64);
+      after = cuts(1000);
+    }).join();
+    CHECK(first == 64u);
+    CHECK(after == 0u);
+    CHECK(differ == 0u);
   }
   set_num_threads(before);
 }

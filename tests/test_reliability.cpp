@@ -448,8 +448,10 @@ TEST_CASE("threads: a timed choice is held longer while the timings confirm it")
 // are timed, then, from the 21st, the faster way for 512 backwards; then the trials start again,
 // and the way they find is held for 1024 backwards if it is the same as before, else 512.
 // (On a thread of its own: the trials are per thread.) The gradients are the same either way.
+// With the helpers far, the trials are skipped: no backward takes the lane (below).
 TEST_CASE("threads: whether backward takes the lane is measured over training steps, then held") {
   const int before = get_num_threads();
+  const HelpersFarGuard near(0);
   set_num_threads(2);
   std::vector<int> took;  // per backward: 1 if it put its product on the lane
   std::vector<std::vector<double>> grads;
@@ -481,6 +483,65 @@ TEST_CASE("threads: whether backward takes the lane is measured over training st
   held_from(552, second_hold);
   trials_at(552 + second_hold, 4);
   for (const auto& g : grads) CHECK(g == grads[0]);  // the weights do not move: the same gradient each way
+  set_num_threads(before);
+}
+
+// detail::helpers_far: with the helpers far from the sweep's thread the lane's trials are skipped
+// and the lane left, 512 backwards at a time; near again, the next round's trials run. The
+// gradients are those of the lane.
+TEST_CASE("threads: with the helpers far, backward leaves the lane without trials") {
+  const int before = get_num_threads();
+  set_num_threads(2);
+  Tensor x = from_vector(leaf64({32, 64}, 31).to_vector(), {32, 64}, kFloat32);
+  Tensor W = from_vector(leaf64({64, 64}, 32, -0.1, 0.1).to_vector(), {64, 64}, dtype(kFloat32).requires_grad());
+  std::vector<int> took;  // per backward: 1 if it put its product on the lane
+  std::vector<double> far_grad, lane_grad;
+  std::thread([&] {
+    auto step = [&] {
+      W.zero_grad();
+      const uint64_t posted0 = detail::lane_posted();
+      sum(tanh(matmul(x, W))).backward();
+      took.push_back(int(detail::lane_posted() - posted0));
+    };
+    {
+      const HelpersFarGuard far(1);
+      for (int i = 0; i < 1030; ++i) step();  // rounds begin at backwards 0, 512 and 1024
+      far_grad = W.grad().to_vector();
+    }
+    {
+      const HelpersFarGuard near(0);
+      for (int i = 1030; i < 1540; ++i) step();  // the round begun far holds to 1535; then trials
+    }
+    const LanePolicyGuard always(detail::LanePolicy::always);
+    step();
+    lane_grad = W.grad().to_vector();
+  }).join();
+  REQUIRE(took.size() == 1541u);
+  size_t on_lane = 0;
+  for (size_t k = 0; k < 1536; ++k) on_lane += took[k];
+  CHECK(on_lane == 0u);
+  CHECK(std::vector<int>(took.begin() + 1536, took.begin() + 1540) == std::vector<int>{1, 1, 0, 0});
+  CHECK(took[1540] == 1);
+  CHECK(far_grad == lane_grad);
+  set_num_threads(before);
+}
+
+// detail::helpers_round_trip_ns: a cache line's round trip to a helper, measured by a ball passed
+// between the two parts of a job; none without a helper.
+TEST_CASE("threads: the helpers' round trip is measured at 2 threads, not at 1") {
+  const int before = get_num_threads();
+  set_num_threads(1);
+  CHECK(detail::helpers_round_trip_ns() == -1.0);
+  set_num_threads(2);
+  double ns = -1;
+  for (int i = 0; i < 5 && ns < 0; ++i) ns = detail::helpers_round_trip_ns();  // a busy host may hold the helper back
+  if (!under_sanitizer()) {  // instrumented, a game may outlast its 2 ms
+    CHECK(ns > 1.0);     // a cache line crossing cores: tens of ns at the least
+    CHECK(ns < 1e5);     // and a 256-trip game within its 2 ms
+  }
+  const uint64_t jobs0 = detail::parallel_jobs();
+  detail::helpers_round_trip_ns();
+  CHECK(detail::parallel_jobs() == jobs0);  // its games are not counted as cut work
   set_num_threads(before);
 }
 
