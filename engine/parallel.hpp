@@ -119,7 +119,9 @@ void set_helpers_far(int far);
 // themselves: the lane's ten trial backwards leave every later forward ~1 % slower, for hundreds of
 // steps. Their tasks hold their operands until retired, so those backwards give the pool's large
 // buffers back in another order, which the later steps keep (taken last-in first-out, given back
-// in reverse), and W5's forward is slower in that order (bench/README.md, "Latest").
+// in reverse), and W5's forward is slower in that order (bench/HISTORY.md). Hence helpers_far,
+// above: far apart, where the timings only ever found against the lane and the cut, they are
+// skipped.
 struct Hold {
   unsigned doublings = 0;
   int last = -1;  // the last choice (0 or 1), -1 before the first
