@@ -99,9 +99,10 @@ double helpers_round_trip_ns();
 // measured at most every 100 ms per thread (false when it could not be measured). Then the lane's
 // trials (engine/autograd.cpp) and a product's cut timings (ops/linalg.cpp) are skipped, their
 // choice being to keep the work on the calling thread: on the Zen 5 VM of 6 Dec 2026 the host put
-// the two vCPUs near (bench/bench_cores: 170-380 ns; this probe 94-175) or far apart (545-790;
-// this probe 384-544), and far apart neither the lane nor a cut of a small product ever paid, and
-// their timings cost W5 ~0.6 % over the whole run (Hold, below). set_helpers_far(1 or 0) fixes
+// the two vCPUs near (bench/bench_cores: 170-380 ns; this probe 59-175) or far apart (545-815;
+// this probe 370-693), and far apart neither the lane nor a cut of a small product ever paid, and
+// their timings cost W5 ~0.6 % over the whole run (Hold, below; without them, 0.9913 of its step
+// time with them, bench/README.md). set_helpers_far(1 or 0) fixes
 // the answer (tests, bench/bench_tapegrad --far), -1 measures again.
 constexpr double kFarRoundTripNs = 280;
 bool helpers_far();
