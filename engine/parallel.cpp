@@ -237,10 +237,13 @@ void Lane::drain() {
 }
 
 namespace {
-int run_job(int parts, void (*part)(const void* ctx, int k), const void* ctx) {
+// run_parts, uncounted; with alone = false, a job the helpers cannot join (threads = 1, or the team
+// held by another thread) is not run at all, and -1 returned.
+int run_job(int parts, void (*part)(const void* ctx, int k), const void* ctx, bool alone = true) {
   Team& t = team();
   std::unique_lock<std::mutex> lock(t.use, std::defer_lock);
   if (parts <= 1 || parts > 0xffff || !lock.try_lock() || t.active.load() == 0) {
+    if (!alone) return -1;
     for (int k = 0; k < parts; ++k) part(ctx, k);
     return 0;
   }
@@ -308,10 +311,11 @@ struct PingPong {
   }
 };
 
-// One game's round trip in ns, or -1 when no helper played.
+// One game's round trip in ns, or -1 when no helper played. Not played at all when no helper can
+// join: the caller would run both parts and wait out kJoin for itself.
 double one_round_trip_ns() {
   PingPong game;
-  run_job(2, PingPong::play, &game);
+  if (run_job(2, PingPong::play, &game, /*alone=*/false) < 0) return -1;
   return game.state.load() == 1 ? game.ns : -1;
 }
 
@@ -324,14 +328,14 @@ int run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx) 
 }
 
 double helpers_round_trip_ns() {
-  constexpr int kGames = 9, kEnough = 5;
+  constexpr int kGames = 9;
   double ns[kGames];
-  int n = 0;
-  for (int i = 0; i < kGames; ++i)
-    if (double v = one_round_trip_ns(); v > 0) ns[n++] = v;
-  if (n < kEnough) return -1;
-  std::nth_element(ns, ns + n / 2, ns + n);
-  return ns[n / 2];
+  // A first game may go unjoined while a helper wakes from sleep; a second means they are busy.
+  for (int n = 0, missed = 0; n < kGames;)
+    if ((ns[n] = one_round_trip_ns()) > 0) ++n;
+    else if (++missed == 2) return -1;
+  std::nth_element(ns, ns + kGames / 2, ns + kGames);
+  return ns[kGames / 2];
 }
 
 void set_helpers_far(int far) { g_far_set.store(far); }

@@ -91,8 +91,9 @@ uint64_t lane_run_by_helper();
 unsigned long long parallel_jobs();
 
 // A cache line's round trip between the calling thread and a helper, in ns: the median of 9 games
-// of 256 trips, or -1 when a helper played fewer than 5 of them (threads = 1, the helpers busy
-// with another thread's job, or slow to wake).
+// of 256 trips, or -1 at once when no helper can join (threads = 1, or the helpers held by another
+// thread's job), and after at most 24 ms when two games found none free to play (busy with
+// another thread's lane, or slow to wake).
 double helpers_round_trip_ns();
 
 // Whether this thread's helpers are far from it: helpers_round_trip_ns() over kFarRoundTripNs,

@@ -531,7 +531,10 @@ TEST_CASE("threads: with the helpers far, backward leaves the lane without trial
 TEST_CASE("threads: the helpers' round trip is measured at 2 threads, not at 1") {
   const int before = get_num_threads();
   set_num_threads(1);
+  const auto t0 = std::chrono::steady_clock::now();
   CHECK(detail::helpers_round_trip_ns() == -1.0);
+  // at once: no game is played alone (each would wait 10 ms for a second player)
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(50));
   set_num_threads(2);
   double ns = -1;
   for (int i = 0; i < 5 && ns < 0; ++i) ns = detail::helpers_round_trip_ns();  // a busy host may hold the helper back
