@@ -9,6 +9,9 @@
 #include <tapegrad/tapegrad.hpp>
 #include <vector>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 namespace tg = tapegrad;
 
 // Set by scripts/ci-sanitize and scripts/ci-tsan: memory figures then include the sanitizer's own.
@@ -21,6 +24,32 @@ inline long resident_kb() {
   while (std::getline(in, line))
     if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
   return 0;
+}
+
+// Runs the test cases named `name` (doctest's --test-case filter) in a fresh process of this
+// binary, with TAPEGRAD_ALONE set there; true when they passed. For a case that measures the whole
+// process, such as its resident memory, which what earlier cases in one process left behind would
+// disturb (ctest runs each case in a process of its own, but the binary may be run as one).
+inline bool in_fresh_process() { return std::getenv("TAPEGRAD_ALONE") != nullptr; }
+inline bool passes_in_fresh_process(const char* name) {
+  // Everything the child needs is made before fork: it only execs.
+  const std::string filter = std::string("--test-case=") + name;
+  std::vector<std::string> env_strings = {"TAPEGRAD_ALONE=1"};
+  for (char** e = environ; *e; ++e) env_strings.emplace_back(*e);
+  std::vector<char*> envp;
+  for (std::string& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execle("/proc/self/exe", "tapegrad_tests", filter.c_str(), "--no-intro=true", "--no-version=true",
+           static_cast<char*>(nullptr), envp.data());
+    _exit(127);
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) return false;
+  INFO("the case in a fresh process: status " << status);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
 // A float64 leaf with reproducible values in [lo, hi).
