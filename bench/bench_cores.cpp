@@ -8,7 +8,7 @@
 // the Zen 5 VM of 6 Dec 2026 the round trip read ~180 ns at times (rewriting lines the other CPU
 // had read then cost what rewriting one's own did, ~5-7 ns) and 550-720 ns at others (2-5 ns more
 // per line). W5's lane paid in the first case (t2/t1 0.64-0.71) and not in the second (~1.0):
-// bench/README.md (run L) and bench/HISTORY.md (run J). scripts/bench runs this right before and
+// bench/HISTORY.md (runs J and L). scripts/bench runs this right before and
 // after each round's W5 pairs.
 //
 // Usage: bench_cores [A B]   (default 0 1)
