@@ -330,7 +330,8 @@ int run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx) 
 double helpers_round_trip_ns() {
   constexpr int kGames = 9;
   double ns[kGames];
-  // A first game may go unjoined while a helper wakes from sleep; a second means they are busy.
+  // A first game may go unjoined while a helper wakes from sleep; a second means they are busy,
+  // or the host too loaded for a reading (a game given up midway).
   for (int n = 0, missed = 0; n < kGames;)
     if ((ns[n] = one_round_trip_ns()) > 0) ++n;
     else if (++missed == 2) return -1;

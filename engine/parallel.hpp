@@ -92,8 +92,9 @@ unsigned long long parallel_jobs();
 
 // A cache line's round trip between the calling thread and a helper, in ns: the median of 9 games
 // of 256 trips, or -1 at once when no helper can join (threads = 1, or the helpers held by another
-// thread's job), and after at most 24 ms when two games found none free to play (busy with
-// another thread's lane, or slow to wake).
+// thread's job), and after at most 24 ms when two games went unplayed: no helper free to join
+// (busy with another thread's lane, or slow to wake), or a player descheduled mid-game for 2 ms
+// (a loaded host: with both CPUs busy with other work, most probes end so).
 double helpers_round_trip_ns();
 
 // Whether this thread's helpers are far from it: helpers_round_trip_ns() over kFarRoundTripNs,

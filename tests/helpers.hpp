@@ -27,11 +27,12 @@ inline long resident_kb() {
 }
 
 // Runs the test cases named `name` (doctest's --test-case filter) in a fresh process of this
-// binary, with TAPEGRAD_ALONE set there; true when they passed. For a case that measures the whole
-// process, such as its resident memory, which what earlier cases in one process left behind would
-// disturb (ctest runs each case in a process of its own, but the binary may be run as one).
+// binary, with TAPEGRAD_ALONE set there, which prints its own failures; returns its exit status
+// (0: they passed; 128 + n: killed by signal n). For a case that measures the whole process, such
+// as its resident memory, which what earlier cases in one process left behind would disturb
+// (ctest runs each case in a process of its own, but the binary may be run as one).
 inline bool in_fresh_process() { return std::getenv("TAPEGRAD_ALONE") != nullptr; }
-inline bool passes_in_fresh_process(const char* name) {
+inline int status_in_fresh_process(const char* name) {
   // Everything the child needs is made before fork: it only execs.
   const std::string filter = std::string("--test-case=") + name;
   std::vector<std::string> env_strings = {"TAPEGRAD_ALONE=1"};
@@ -47,9 +48,8 @@ inline bool passes_in_fresh_process(const char* name) {
     _exit(127);
   }
   int status = 0;
-  if (pid < 0 || waitpid(pid, &status, 0) != pid) return false;
-  INFO("the case in a fresh process: status " << status);
-  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 // A float64 leaf with reproducible values in [lo, hi).
