@@ -26,12 +26,15 @@ inline long resident_kb() {
   return 0;
 }
 
+// For a case that measures the whole process, such as its resident memory, which what earlier
+// cases in one process left behind would disturb (ctest runs each case in a process of its own,
+// but the binary may be run as one): whether this is the fresh process status_in_fresh_process
+// started.
+inline bool in_fresh_process() { return std::getenv("TAPEGRAD_ALONE") != nullptr; }
+
 // Runs the test cases named `name` (doctest's --test-case filter) in a fresh process of this
 // binary, with TAPEGRAD_ALONE set there, which prints its own failures; returns its exit status
-// (0: they passed; 128 + n: killed by signal n). For a case that measures the whole process, such
-// as its resident memory, which what earlier cases in one process left behind would disturb
-// (ctest runs each case in a process of its own, but the binary may be run as one).
-inline bool in_fresh_process() { return std::getenv("TAPEGRAD_ALONE") != nullptr; }
+// (0: they passed; 128 + n: killed by signal n; -1: it could not be started).
 inline int status_in_fresh_process(const char* name) {
   // Everything the child needs is made before fork: it only execs.
   const std::string filter = std::string("--test-case=") + name;
