@@ -77,7 +77,9 @@ constexpr size_t kBlockQuantum = 16;
 // faster CPU 1) and not for one on CPU 1. Per thread, and not in the shape's first calls, which
 // are cut as before: a first training step faults in its buffers' pages, and on that VM a fault
 // took ~10 µs, more than a product. With the helpers far from the caller (detail::helpers_far) the
-// shape is left whole for 4096 calls untimed.
+// shape is left whole for 4096 calls untimed, from its first call: far apart, W5's 64 first calls
+// of each shape cut made all its later steps at 2 threads ~0.5 % slower than at 1 (7 Dec 2026,
+// bench/README.md), where with them whole its steps took the time of 1 thread's.
 // On that kernel a block's values are the whole's bit for bit, so the choice moves only the
 // time. Products on BLAS are cut by size alone: a block there may round apart from the whole, and
 // a value should not depend on a timing.
@@ -172,8 +174,8 @@ void whole_or_cut(const std::array<size_t, 6>& shape, Whole whole, Cut cut, void
   if (!trials) return (void)cut();  // more shapes than remembered
   CutTrials& t = *trials;
   if (t.decided && t.keep_decision()) return t.cut_pays ? (void)cut() : whole();
+  if ((t.calls == 0 || t.calls == kCutWarmCalls) && detail::helpers_far()) return t.leave_whole(), whole();
   if (++t.calls <= kCutWarmCalls) return (void)cut();
-  if (t.calls == kCutWarmCalls + 1 && detail::helpers_far()) return t.leave_whole(), whole();
   const unsigned way = t.n[0] < kCutTrials ? 0 : 1;
   const bool first = t.calls == kCutWarmCalls + 1 || (way == 1 && t.n[1] == 0 && t.tries == 0);
   const auto start = std::chrono::steady_clock::now();
