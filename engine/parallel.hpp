@@ -108,7 +108,7 @@ double helpers_round_trip_ns();
 // W5's step took 1.05-1.20x its time at 1 thread with all its tasks, its products, or only Whh's on
 // the helper, each time with the forward after it 1.30-1.37x as long. That is the helper's reads:
 // a helper that only loaded a word of each line of its products' operands, and computed nothing,
-// cost the forward 1.27x and the step 14 % (run Q, bench/README.md). set_helpers_far(1 or 0) fixes
+// cost the forward 1.27x and the step 14 % (run Q, bench/HISTORY.md). set_helpers_far(1 or 0) fixes
 // the answer (tests, bench/bench_tapegrad --far), -1 measures again.
 constexpr double kFarRoundTripNs = 280;
 bool helpers_far();

@@ -78,8 +78,8 @@ constexpr size_t kBlockQuantum = 16;
 // are cut as before: a first training step faults in its buffers' pages, and on that VM a fault
 // took ~10 µs, more than a product. With the helpers far from the caller (detail::helpers_far) the
 // shape is left whole for 4096 calls untimed, from its first call: far apart, W5's 64 first calls
-// of each shape cut made all its later steps at 2 threads ~0.5 % slower than at 1 (7 Dec 2026,
-// bench/README.md), where with them whole its steps took the time of 1 thread's.
+// of each shape, cut, made all its later steps at 2 threads ~0.5 % slower (whole, 0.9941 and
+// 0.9951 of their time in two batches of sets: 7 Dec 2026, run R in bench/).
 // On that kernel a block's values are the whole's bit for bit, so the choice moves only the
 // time. Products on BLAS are cut by size alone: a block there may round apart from the whole, and
 // a value should not depend on a timing.
