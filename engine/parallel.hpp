@@ -99,17 +99,18 @@ double helpers_round_trip_ns();
 
 // Whether this thread's helpers are far from it: helpers_round_trip_ns() over kFarRoundTripNs,
 // measured at most every 100 ms per thread (false when it could not be measured). Then the lane's
-// trials (engine/autograd.cpp) and a product's cuts and their timings (ops/linalg.cpp) are
-// skipped, their choice being to keep the work on the calling thread: on the Zen 5 VM of 6 Dec
-// 2026 the host put the two vCPUs near (bench/bench_cores: 170-380 ns; this probe 59-175) or far
-// apart (545-815; this probe 370-693), and far apart neither the lane nor a cut of a small product
-// ever paid, and their timings cost W5 ~0.6 % over the whole run (Hold, below; without them,
-// 0.9913 of its step time with them, bench/HISTORY.md), its first cuts another ~0.5 % (7 Dec). Nor did any part of the lane (7 Dec, run P in bench/HISTORY.md):
-// W5's step took 1.05-1.20x its time at 1 thread with all its tasks, its products, or only Whh's on
-// the helper, each time with the forward after it 1.30-1.37x as long. That is the helper's reads:
-// a helper that only loaded a word of each line of its products' operands, and computed nothing,
-// cost the forward 1.27x and the step 14 % (run Q, bench/HISTORY.md). set_helpers_far(1 or 0) fixes
-// the answer (tests, bench/bench_tapegrad --far), -1 measures again.
+// trials (engine/autograd.cpp) and a product's cuts and their timings (ops/linalg.cpp) are skipped,
+// their choice being to keep the work on the calling thread: on the Zen 5 VM of 6 Dec 2026 the host
+// put the two vCPUs near (bench/bench_cores: 170-380 ns; this probe 59-175) or far apart (545-815;
+// this probe 370-693), and far apart neither the lane nor a cut of a small product ever paid, and
+// their timings cost W5 ~0.6 % over the whole run (Hold, below; without them, 0.9913 of its step
+// time with them, bench/HISTORY.md), its first cuts another ~0.5 % (7 Dec). Nor did any part of the
+// lane (7 Dec, run P in bench/HISTORY.md): W5's step took 1.05-1.20x its time at 1 thread with all
+// its tasks, its products, or only Whh's on the helper, each time with the forward after it
+// 1.30-1.37x as long. That is the helper's reads: a helper that only loaded a word of each line of
+// its products' operands, and computed nothing, cost the forward 1.27x and the step 14 % (run Q,
+// bench/HISTORY.md). set_helpers_far(1 or 0) fixes the answer (tests, bench/bench_tapegrad --far),
+// -1 measures again.
 constexpr double kFarRoundTripNs = 280;
 bool helpers_far();
 void set_helpers_far(int far);
