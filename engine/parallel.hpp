@@ -109,8 +109,9 @@ double helpers_round_trip_ns();
 // its tasks, its products, or only Whh's on the helper, each time with the forward after it
 // 1.30-1.37x as long. That is the helper's reads: a helper that only loaded a word of each line of
 // its products' operands, and computed nothing, cost the forward 1.27x and the step 14 % (run Q,
-// bench/HISTORY.md). set_helpers_far(1 or 0) fixes the answer (tests, bench/bench_tapegrad --far),
-// -1 measures again.
+// bench/HISTORY.md). An answer is kept a while where it is used (ops/linalg.cpp: far, 4096 products
+// of any shape; engine/autograd.cpp: 512 backwards). set_helpers_far(1 or 0) fixes the answer
+// (tests, bench/bench_tapegrad --far) from the next question on, -1 measures again.
 constexpr double kFarRoundTripNs = 280;
 bool helpers_far();
 void set_helpers_far(int far);

@@ -76,10 +76,10 @@ constexpr size_t kBlockQuantum = 16;
 // on CPU 0 against 2.2-3.0 on CPU 1, where cutting paid for a caller on CPU 0 (its helper on the
 // faster CPU 1) and not for one on CPU 1. Per thread, and not in the shape's first calls, which
 // are cut as before: a first training step faults in its buffers' pages, and on that VM a fault
-// took ~10 µs, more than a product. With the helpers far from the caller (detail::helpers_far) the
-// shape is left whole for 4096 calls untimed, from its first call: far apart, W5's 64 first calls
-// of each shape, cut, made all its later steps at 2 threads ~0.5 % slower (whole, 0.9941 and
-// 0.9951 of their time in two batches of sets: 7 Dec 2026, run R in bench/).
+// took ~10 µs, more than a product. With the helpers far from the caller (detail::helpers_far)
+// products run whole, untimed, from the thread's first (t_far_left, below): far apart, W5's 64
+// first calls of each shape, cut, made all its later steps at 2 threads ~0.5 % slower (whole,
+// 0.9941 and 0.9951 of their time in two batches of sets: 7 Dec 2026, run R in bench/).
 // On that kernel a block's values are the whole's bit for bit, so the choice moves only the
 // time. Products on BLAS are cut by size alone: a block there may round apart from the whole, and
 // a value should not depend on a timing.
@@ -110,12 +110,6 @@ struct CutTrials {
     cut_pays = cut;
     calls = 0;
     kept = hold.after(cut, kCutKept);
-  }
-  void leave_whole() {  // unmeasured, the helpers being far (detail::helpers_far): not a Hold's choice
-    decided = true;
-    cut_pays = false;
-    calls = 0;
-    kept = kCutKept;
   }
   // Counts a call of a decided shape; false when the decision has run its course and the shape
   // is to be timed again, without the warm-up calls.
@@ -164,17 +158,30 @@ void pull(void* p, size_t bytes) {
   for (size_t i = 0; i < bytes; i += 64) c[i] = c[i];
 }
 
+// Products this thread runs whole before it asks again whether its helpers are far: kCutKept once
+// they were found far (detail::helpers_far), none while near; the thread's first product asks.
+// So far apart every product runs whole, untimed, its shape neither looked up nor remembered, as
+// at 1 thread. When each shape kept its own far answer, W5's step at 2 threads took 1.0061 of its
+// time at 1 (148 sets of runs, 2 threads faster in 50, 7 Dec 2026, bench/README.md), and 0.9997
+// (75 of 148) in the same sets this way.
+thread_local unsigned t_far_left = 1;
+
 // Runs a product whole() or cut() (which returns the parts helpers ran), as measured for its shape
 // (above); its output is C_bytes at C.
 template <class Whole, class Cut>
 void whole_or_cut(const std::array<size_t, 6>& shape, Whole whole, Cut cut, void* C, size_t C_bytes) {
   const detail::ProductCut policy = g_product_cut.load(std::memory_order_relaxed);
   if (policy != detail::ProductCut::measure) return policy == detail::ProductCut::always ? (void)cut() : whole();
+  if (t_far_left > 0) {
+    if (--t_far_left > 0) return whole();
+    if (detail::helpers_far()) return (void)(t_far_left = kCutKept), whole();
+  }
   CutTrials* trials = trials_of(shape);
   if (!trials) return (void)cut();  // more shapes than remembered
   CutTrials& t = *trials;
   if (t.decided && t.keep_decision()) return t.cut_pays ? (void)cut() : whole();
-  if ((t.calls == 0 || t.calls == kCutWarmCalls) && detail::helpers_far()) return t.leave_whole(), whole();
+  // Far now (the host moved the vCPUs): the shape takes up its timing where it stopped once near.
+  if ((t.calls == 0 || t.calls == kCutWarmCalls) && detail::helpers_far()) return (void)(t_far_left = kCutKept), whole();
   if (++t.calls <= kCutWarmCalls) return (void)cut();
   const unsigned way = t.n[0] < kCutTrials ? 0 : 1;
   const bool first = t.calls == kCutWarmCalls + 1 || (way == 1 && t.n[1] == 0 && t.tries == 0);
@@ -307,6 +314,7 @@ void add_product(Backward& g, size_t i, const Tensor& A, const Tensor& B, bool t
 }  // namespace
 
 void detail::set_product_cut(ProductCut policy) { g_product_cut.store(policy); }
+size_t detail::cut_shapes() { return t_cut_trials.size(); }
 
 // mm: C = op(A)·op(B)
 //   dA = dC·op(B)ᵀ   (or op(B)·dCᵀ when A was read transposed)

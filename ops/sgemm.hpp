@@ -80,9 +80,12 @@ unsigned long long sgemm_calls();
 
 // Whether a product on tapegrad's kernels large enough to be cut among the threads is cut:
 // measured per shape (the default: after its first 64 calls, which are cut, a few run whole and a
-// few cut, timed, and the faster way is kept for 4096 calls, then timed again; ops/linalg.cpp says
-// why), always, or never. Process-wide; tests set it to count the cuts.
+// few cut, timed, and the faster way is kept for 4096 calls, then timed again; none while the
+// helpers are far; ops/linalg.cpp says why), always, or never. Process-wide; tests set it to count
+// the cuts.
 enum class ProductCut { measure, always, never };
 void set_product_cut(ProductCut policy);
+// The shapes this thread has looked up to time their cut (tests: none while the helpers are far).
+size_t cut_shapes();
 }  // namespace detail
 }  // namespace tapegrad

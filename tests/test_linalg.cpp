@@ -582,15 +582,20 @@ TEST_CASE("linalg: at 2 threads a product on the kernel is cut or not as measure
     return detail::parallel_jobs() - jobs0;
   };
   if (kernel::kHasSgemm) {
-    CHECK(cuts_in(64) == 64u);      // the first calls: cut, as before any measurement
-    const unsigned long long trials = cuts_in(200);  // at most 6 whole and 26 cut, then as chosen
-    const unsigned long long later = cuts_in(40);
+    // On a thread of its own: this one may still hold a far answer from earlier products (below).
+    unsigned long long warm = 0, trials = 0, later = 0, again = 0;
+    std::thread([&] {
+      warm = cuts_in(64);     // the first calls: cut, as before any measurement
+      trials = cuts_in(200);  // at most 6 whole and 26 cut, then as chosen
+      later = cuts_in(40);
+      // After 4096 calls the shape is timed again (what pays changes with the host's load): whole
+      // calls among a chosen cut's, or cut calls among a chosen whole's.
+      again = cuts_in(4200);
+    }).join();
+    CHECK(warm == 64u);
     CHECK((later == 0u || later == 40u));  // decided: the next calls all go the same way
     CHECK(trials >= (later == 40u ? 194u : 1u));
     CHECK(trials <= (later == 40u ? 200u : 26u));
-    // After 4096 calls the shape is timed again (what pays changes with the host's load): whole
-    // calls among a chosen cut's, or cut calls among a chosen whole's.
-    const unsigned long long again = cuts_in(4200);
     if (later == 40u) CHECK(again <= 4194u);
     else CHECK(again >= 1u);
   }
@@ -607,24 +612,50 @@ TEST_CASE("linalg: at 2 threads a product on the kernel is cut or not as measure
     const ProductCutPolicy always(detail::ProductCut::always);
     CHECK(cuts_in(3) == 3u);
   }
-  // With the helpers far (detail::helpers_far) the shape is left whole from its first call,
-  // untimed. (On a thread of its own, where the shape is new: the timings are per thread.)
+  // With the helpers far (detail::helpers_far) every product runs whole from the thread's first,
+  // untimed, its shape not even looked up, and far is asked again every 4096 products. (On threads
+  // of their own, where the shape is new: the timings are per thread.)
   near.reset();
   if (kernel::kHasSgemm) {
-    const HelpersFarGuard far(1);
-    unsigned long long first = 0, after = 0;
     size_t differ = 0;
+    auto cuts = [&](int calls) {
+      const unsigned long long jobs0 = detail::parallel_jobs();
+      for (int i = 0; i < calls; ++i) differ += mm(a, b).to_vector() != one;
+      return detail::parallel_jobs() - jobs0;
+    };
+    unsigned long long first = 0, after = 0;
+    size_t shapes = 1;
     std::thread([&] {
-      auto cuts = [&](int calls) {
-        const unsigned long long jobs0 = detail::parallel_jobs();
-        for (int i = 0; i < calls; ++i) differ += mm(a, b).to_vector() != one;
-        return detail::parallel_jobs() - jobs0;
-      };
+      const HelpersFarGuard far(1);
       first = cuts(64);
-      after = cuts(4200);  // past the 4096 calls a choice holds, where far is asked again
+      after = cuts(4200);  // past the 4096 products after which far is asked again
+      shapes = detail::cut_shapes();
     }).join();
     CHECK(first == 0u);
     CHECK(after == 0u);
+    CHECK(shapes == 0u);
+    // Near, then far (the host moved the vCPUs apart), then near again: the shape's warm-up calls
+    // are cut; far, products run whole until far is asked again, 4096 products on; then the shape
+    // takes up its timing where it stopped, whole calls and cut ones.
+    unsigned long long warm = 0, while_far = 0, window = 0, near_again = 0;
+    std::thread([&] {
+      {
+        const HelpersFarGuard near_(0);
+        warm = cuts(64);
+      }
+      {
+        const HelpersFarGuard far(1);
+        while_far = cuts(4200);
+      }
+      const HelpersFarGuard near_(0);
+      window = cuts(3900);       // what is left of the 4096 products begun at call 4097
+      near_again = cuts(200);    // timed: some whole, some cut
+    }).join();
+    CHECK(warm == 64u);
+    CHECK(while_far == 0u);
+    CHECK(window == 0u);
+    CHECK(near_again >= 1u);
+    CHECK(near_again <= 199u);
     CHECK(differ == 0u);
   }
   set_num_threads(before);
