@@ -162,8 +162,8 @@ void pull(void* p, size_t bytes) {
 // they were found far (detail::helpers_far), none while near; the thread's first product asks.
 // So far apart every product runs whole, untimed, its shape neither looked up nor remembered, as
 // at 1 thread. When each shape kept its own far answer, W5's step at 2 threads took 1.0061 of its
-// time at 1 (148 sets of runs, 2 threads faster in 50, 7 Dec 2026, bench/README.md), and 0.9997
-// (75 of 148) in the same sets this way.
+// time at 1 (148 sets of runs, 2 threads faster in 50), and 0.9997 (75 of 148) in the same sets
+// this way (7 Dec 2026, run U in bench/).
 thread_local unsigned t_far_left = 1;
 
 // Runs a product whole() or cut() (which returns the parts helpers ran), as measured for its shape
