@@ -180,7 +180,8 @@ void whole_or_cut(const std::array<size_t, 6>& shape, Whole whole, Cut cut, void
   if (!trials) return (void)cut();  // more shapes than remembered
   CutTrials& t = *trials;
   if (t.decided && t.keep_decision()) return t.cut_pays ? (void)cut() : whole();
-  // Far now (the host moved the vCPUs): the shape takes up its timing where it stopped once near.
+  // Far now (the host moved the vCPUs apart): whole; near again, the shape's timing goes on where it
+  // stopped.
   if ((t.calls == 0 || t.calls == kCutWarmCalls) && detail::helpers_far()) return (void)(t_far_left = kCutKept), whole();
   if (++t.calls <= kCutWarmCalls) return (void)cut();
   const unsigned way = t.n[0] < kCutTrials ? 0 : 1;
