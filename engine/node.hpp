@@ -338,4 +338,29 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
                          const std::vector<Tensor>& grad_outputs = {}, bool retain_graph = false,
                          bool create_graph = false, bool allow_unused = false);
 
+// ---- data parallelism over a batch -------------------------------------------------------------
+// A training step's loss that is a sum over the rows of a batch of n (a mean is a sum of each row's
+// term / n), rows independent until the loss, can be split: backward_sharded cuts [0, n) into one
+// shard of consecutive rows per intra-op thread (set_num_threads; never more than n) and runs
+//   loss = loss_of(params_k, begin, end)
+// for each shard on its own thread, each recording a graph of its own, then that graph's backward
+// there. params_k are params again, as leaves that share their storage: the loss function must use
+// them, not params, and read only its rows [begin, end) of the batch; it returns its share of the
+// loss (a one-element tensor), so that the shares sum to the loss. Each parameter then gets the
+// sum of the shards' gradients (in shard order, so the same values each time at a given thread
+// count) as backward() would give it: its hooks see it, then it goes into .grad() or into the
+// step registered in backward (optim::SGD with in_backward), then the post-accumulate hooks run.
+// Returns the loss's value (the shares' sum; no graph).
+// With one shard (1 thread; inside a shard, a sweep, DetectAnomalyGuard or ExplainGuard) it is
+// loss_of(params, 0, n) and backward(), the shard's thread being the caller's.
+// Why: the ops of a small batch are too small to cut between threads on CPUs far apart (W5 at 2
+// threads, bench/README.md), but two halves of the batch share only the parameters and their
+// gradients. Errors: a leaf the loss depends on that is not one of params_k (shards may share no
+// tensor that requires grad) and any error a shard throws are thrown here (the first shard's
+// first), before any parameter or gradient is touched. A thread keeps its last shard's
+// gradients until its next shard (so that they go back to its own memory pool). The loss
+// function must not call set_num_threads.
+using ShardLoss = std::function<Tensor(const std::vector<Tensor>& params, int64_t begin, int64_t end)>;
+Tensor backward_sharded(const std::vector<Tensor>& params, int64_t n, const ShardLoss& loss_of);
+
 }  // namespace tapegrad

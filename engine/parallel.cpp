@@ -30,6 +30,16 @@ Lane& the_lane() {
   return *l;
 }
 
+thread_local bool t_in_part = false;
+
+// Runs part k of a job, marked as such (in_part).
+void run_part(void (*part)(const void*, int), const void* ctx, int k) {
+  const bool outer = t_in_part;
+  t_in_part = true;
+  part(ctx, k);
+  t_in_part = outer;
+}
+
 // One job at a time: its id, part count and next unclaimed part live in one 64-bit word, so a
 // claim is a single compare-and-swap and a helper late from an earlier job can never claim a
 // part of the next one (the id differs). A helper reads part/ctx only after claiming a part; the
@@ -73,7 +83,7 @@ struct Team {
     uint64_t j = job.load(std::memory_order_acquire);
     while (open(j) && index < active.load(std::memory_order_relaxed))
       if (job.compare_exchange_weak(j, j + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
-        part(ctx, int(j & 0xffff));
+        run_part(part, ctx, int(j & 0xffff));
         done.fetch_add(1, std::memory_order_release);
         ++ran;
         j = job.load(std::memory_order_acquire);
@@ -168,6 +178,8 @@ void set_intra_op_threads(int n) {
 
 unsigned long long parallel_jobs() { return jobs_cut; }
 
+bool in_part() { return t_in_part; }
+
 bool post_chore(void (*c)()) {
   Team& t = team();
   if (t.active.load() == 0) return false;
@@ -178,7 +190,7 @@ bool post_chore(void (*c)()) {
 }
 
 Lane* Lane::acquire() {
-  if (team().active.load() == 0) return nullptr;
+  if (team().active.load() == 0 || t_in_part) return nullptr;
   Lane& l = the_lane();
   bool owned = false;
   return l.owned_.compare_exchange_strong(owned, true, std::memory_order_acquire) ? &l : nullptr;
@@ -242,9 +254,10 @@ namespace {
 int run_job(int parts, void (*part)(const void* ctx, int k), const void* ctx, bool alone = true) {
   Team& t = team();
   std::unique_lock<std::mutex> lock(t.use, std::defer_lock);
-  if (parts <= 1 || parts > 0xffff || !lock.try_lock() || t.active.load() == 0) {
+  // Inside a part the team is busy with the outer job (and may be held by this very thread).
+  if (parts <= 1 || parts > 0xffff || t_in_part || !lock.try_lock() || t.active.load() == 0) {
     if (!alone) return -1;
-    for (int k = 0; k < parts; ++k) part(ctx, k);
+    for (int k = 0; k < parts; ++k) run_part(part, ctx, k);
     return 0;
   }
   t.part = part;

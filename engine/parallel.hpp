@@ -25,6 +25,11 @@ void set_intra_op_threads(int n);
 // and parts must write disjoint memory.
 int run_parts(int parts, void (*part)(const void* ctx, int k), const void* ctx);
 
+// Whether the calling thread is running a part of a job (run_parts). Inside one, run_parts runs
+// every part on the calling thread, the lane is not taken and products are not cut: the threads
+// are busy with the job itself (backward_sharded runs a shard of a batch per part).
+bool in_part();
+
 // Hands `chore` to a helper, which runs it when it has no parts to run; false, and nothing done,
 // when there is no helper (threads = 1) or a chore is still pending. For work that can run late
 // and on any thread, such as the pool's mapping of memory ahead of need (engine/pool.cpp); a

@@ -368,6 +368,8 @@ Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator* gen) {
 
 void set_num_threads(int n) {
   if (n < 1) fail("set_num_threads: need at least 1 thread, got ", n);
+  if (detail::in_part())  // the threads are running the job this call comes from
+    fail("set_num_threads: called while the threads run a shard (backward_sharded's loss function); call it outside");
   detail::set_intra_op_threads(n);
 }
 int get_num_threads() { return detail::intra_op_threads(); }

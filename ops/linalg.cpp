@@ -170,6 +170,7 @@ thread_local unsigned t_far_left = 1;
 // (above); its output is C_bytes at C.
 template <class Whole, class Cut>
 void whole_or_cut(const std::array<size_t, 6>& shape, Whole whole, Cut cut, void* C, size_t C_bytes) {
+  if (detail::in_part()) return whole();  // the threads are busy with the job this product is part of
   const detail::ProductCut policy = g_product_cut.load(std::memory_order_relaxed);
   if (policy != detail::ProductCut::measure) return policy == detail::ProductCut::always ? (void)cut() : whole();
   if (t_far_left > 0) {
