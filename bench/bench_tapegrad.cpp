@@ -6,7 +6,9 @@
 // Usage: bench_tapegrad [--threads N] [--only W1,W2,W3,W4,W5] [--w1-reps R] [--w2-steps S]
 //                       [--w3-steps S] [--w5-steps S] [--w4-reps R] [--w4-nobwd] [--sgd-after-backward]
 //                       [--main-cpu C] [--alternate-threads] [--lane measure|always|never]
-//                       [--cut measure|always|never] [--far measure|yes|no]
+//                       [--cut measure|always|never] [--far measure|yes|no] [--w5-whole]
+// W5 is written for tg::backward_sharded (one shard of the batch per thread); --w5-whole records one
+// graph over the whole batch at every thread count instead.
 // W2, W3 and W5 update the parameters with optim::SGD in backward (in_backward = true: in W2/W3 the
 // step of each weight is folded into the gemm of its gradient); --sgd-after-backward runs the
 // usual backward() then a separate SGD pass instead.
@@ -210,6 +212,17 @@ void run_mlp(const char* id, const char* name, const std::vector<size_t>& dims, 
 }
 
 // ================================================================ W5 Elman RNN training step
+// The step is written for tg::backward_sharded: at n threads the batch's 32 sequences are cut
+// into n shards of rows, each run forward and backward on its own thread with the weights shared,
+// their gradients summed once (at 1 thread: the loss over all 32 rows and backward()). Each
+// shard's loss is its share of the mean: Σ_t Σ_rows −log p / (T·B). --w5-whole: one graph over
+// the whole batch at every thread count (the engine's intra-op threads only), as before 7 Dec 2026.
+struct W5Rows {  // a shard's rows of the data: tokens and targets per time step, and h_0
+  int64_t begin = 0, end = 0;
+  std::vector<Tensor> tok, tgt;
+  Tensor h0;
+};
+
 void run_w5() {
   const size_t T = 64, B = 32, V = 64, H = 128;
   double r = 1.0 / std::sqrt(double(H));
@@ -221,14 +234,38 @@ void run_w5() {
   std::vector<int64_t> tokens(T * B), targets(T * B);
   bench::fill_labels(tokens.data(), tokens.size(), 55, int64_t(V));
   bench::fill_labels(targets.data(), targets.size(), 56, int64_t(V));
-  std::vector<Tensor> tok(T), tgt(T);
-  for (size_t t = 0; t < T; ++t) {
-    tok[t] = tg::from_indices({tokens.begin() + t * B, tokens.begin() + (t + 1) * B}, {B});
-    tgt[t] = tg::from_indices({targets.begin() + t * B, targets.begin() + (t + 1) * B}, {B});
-  }
-  Tensor h0 = tg::zeros({B, H});
-  // As in W2/W3: p ← p − 0.01·∂loss/∂p applied by backward() itself (each parameter is used 64
-  // times, so the sweep steps it once its gradient is summed), unless --sgd-after-backward.
+  // Every shard backward_sharded can make here (1 or 2 shards, or --threads), built once.
+  std::vector<W5Rows> rows;
+  for (int64_t shards : {int64_t(1), int64_t(2), int64_t(g_opt.threads)})
+    for (int64_t k = 0; k < shards; ++k) {
+      W5Rows w{int64_t(B) * k / shards, int64_t(B) * (k + 1) / shards, {}, {}, {}};
+      if (std::any_of(rows.begin(), rows.end(), [&](const W5Rows& o) { return o.begin == w.begin && o.end == w.end; }))
+        continue;
+      const size_t b0 = size_t(w.begin), b1 = size_t(w.end);
+      for (size_t t = 0; t < T; ++t) {
+        w.tok.push_back(tg::from_indices({tokens.begin() + t * B + b0, tokens.begin() + t * B + b1}, {b1 - b0}));
+        w.tgt.push_back(tg::from_indices({targets.begin() + t * B + b0, targets.begin() + t * B + b1}, {b1 - b0}));
+      }
+      w.h0 = tg::zeros({b1 - b0, H});
+      rows.push_back(std::move(w));
+    }
+  // The forward over rows [begin, end) with the weights P = {Wxh, Whh, b, Why}.
+  auto shard_loss = [&](const std::vector<Tensor>& P, int64_t begin, int64_t end) {
+    const W5Rows& d = *std::find_if(rows.begin(), rows.end(), [&](const W5Rows& o) { return o.begin == begin && o.end == end; });
+    Tensor h = d.h0, total;
+    for (size_t t = 0; t < T; ++t) {
+      Tensor e = tg::index_select(P[0], 0, d.tok[t]);  // == onehot(x_t)·Wxh
+      Tensor pre = tg::add(e, tg::matmul(h, P[1]));
+      pre = tg::add(pre, P[2]);
+      h = tg::tanh(pre);
+      Tensor logits = tg::matmul(h, P[3]);
+      Tensor lt = tg::nll_loss(tg::log_softmax(logits, 1), d.tgt[t], tg::Reduction::Sum);
+      total = t == 0 ? lt : tg::add(total, lt);
+    }
+    return total / double(T * B);
+  };
+  // As in W2/W3: p ← p − 0.01·∂loss/∂p applied by the backward itself (each parameter is used 64
+  // times, so it is stepped once its gradient is summed), unless --sgd-after-backward.
   std::optional<tg::optim::SGD> in_backward;
   if (!g_opt.sgd_after) in_backward.emplace(params, 0.01, tg::optim::SGDOptions{.in_backward = true});
 
@@ -246,19 +283,15 @@ void run_w5() {
     auto t0 = clk::now(), t2 = t0, t3 = t0, t4 = t0, t4b = t0;
     {
       zero_grads(params);
-      Tensor h = h0, total;
-      for (size_t t = 0; t < T; ++t) {
-        Tensor e = tg::index_select(Wxh, 0, tok[t]);  // == onehot(x_t)·Wxh
-        Tensor pre = tg::add(e, tg::matmul(h, Whh));
-        pre = tg::add(pre, bh);
-        h = tg::tanh(pre);
-        Tensor logits = tg::matmul(h, Why);
-        Tensor lt = tg::nll_loss(tg::log_softmax(logits, 1), tgt[t]);  // mean over the batch
-        total = t == 0 ? lt : tg::add(total, lt);
+      Tensor loss;
+      if (g_opt.w5_whole) {
+        loss = shard_loss(params, 0, int64_t(B));
+        t2 = clk::now();
+        loss.backward();
+      } else {
+        loss = tg::backward_sharded(params, int64_t(B), shard_loss);
+        t2 = clk::now();
       }
-      Tensor loss = total / double(T);
-      t2 = clk::now();
-      loss.backward();
       t3 = clk::now();
       if (g_opt.sgd_after) sgd_step(params, 0.01f);
       t4 = clk::now();
@@ -281,11 +314,13 @@ void run_w5() {
   ok &= bench::check_last_loss("W5", g_opt.w5_warm + g_opt.w5_steps, loss_last, bench::kLastLossW5);
   Stats S = stats(tt);
   if (g_opt.alternate_threads) return print_alternating("W5ALT rnn_step_alternating", "median_ms", tt_at, ok);
+  // Sharded, the forward and backward are one call, timed as zero_fwd (bwd is then ~0).
   std::printf(
-      "W5 rnn_step threads=%d steps=%zu median_ms=%.3f min_ms=%.3f zero_fwd_median_ms=%.3f bwd_median_ms=%.3f "
-      "minflt_per_step=%.1f lane_per_step=%.0f lane_on_helper=%.3f loss_first=%.6f loss_last=%.6f sgd=%s check=%s\n",
-      g_opt.threads, tt.size(), S.median, S.min, stats(tf).median, stats(tb).median, flt,
-      lane / double(g_opt.w5_steps), lane > 0 ? by_helper / lane : 0.0, loss_first, loss_last,
+      "W5 rnn_step threads=%d steps=%zu median_ms=%.3f min_ms=%.3f shards=%d zero_fwd_median_ms=%.3f "
+      "bwd_median_ms=%.3f minflt_per_step=%.1f lane_per_step=%.0f lane_on_helper=%.3f loss_first=%.6f loss_last=%.6f "
+      "sgd=%s check=%s\n",
+      g_opt.threads, tt.size(), S.median, S.min, g_opt.w5_whole ? 1 : std::min(g_opt.threads, int(B)), stats(tf).median,
+      stats(tb).median, flt, lane / double(g_opt.w5_steps), lane > 0 ? by_helper / lane : 0.0, loss_first, loss_last,
       g_opt.sgd_after ? "after_backward" : "in_backward", ok ? "ok" : "FAIL");
   std::fflush(stdout);
 }

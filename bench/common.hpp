@@ -220,6 +220,7 @@ struct Options {
   int w5_steps = 200, w5_warm = 10;
   int w4_reps = 3;
   bool w4_nobwd = false;
+  bool w5_whole = false;   // tapegrad W5: one graph over the whole batch, not backward_sharded
   bool sgd_after = false;  // tapegrad W2/W3: SGD as a pass after backward() instead of in backward
   bool info = false;
   int w4_child = -1;  // internal: 1 = child with backward, 0 = without
@@ -282,6 +283,7 @@ inline Options parse_args(int argc, char** argv) {
     else if (a == "--w4-reps") o.w4_reps = std::stoi(next());
     else if (a == "--w4-nobwd") o.w4_nobwd = true;
     else if (a == "--sgd-after-backward") o.sgd_after = true;
+    else if (a == "--w5-whole") o.w5_whole = true;
     else if (a == "--w4-child") o.w4_child = std::stoi(next());
     else if (a == "--info") o.info = true;
     else if (a == "--main-cpu") o.main_cpu = std::stoi(next());
