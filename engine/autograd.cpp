@@ -53,7 +53,8 @@ bool any_requires_grad(const Tensor* first, size_t n) {
 // A node's number is above its inputs' and above the last one this thread gave (a Lamport clock),
 // so numbers are a topological order without a counter shared by all threads: two threads
 // recording at once (backward_sharded) would pass its cache line back and forth at every op,
-// ~0.5 µs a time with the vCPUs far apart (W5's step at 2 threads: 1.40 -> 1.34 ms, 7 Dec 2026).
+// ~0.5 µs a time with the vCPUs far apart (a first version of W5's sharded step at 2 threads, 7 Dec
+// 2026: 1.40-1.42 ms a step with the shared counter, 1.32-1.39 without).
 void attach(const Tensor& out, Node* node, const char* name, const Tensor* first, size_t n) {
   node->name = name;
   uint64_t seq = t_seq;
@@ -628,8 +629,8 @@ struct ShardResult {
 
 // The gradients of this thread's last shard, dropped when it runs its next: so each buffer goes
 // back to the pool of the thread that made it. Dropped by the caller instead, they went into its
-// cache and a helper took new buffers every time: W5's step at 2 threads took 1.59 ms against
-// 1.40 (7 Dec 2026, vCPUs far apart).
+// cache and a helper took new buffers every time: W5's step at 2 threads took 1.59-1.60 ms against
+// 1.40-1.42 (7 Dec 2026, vCPUs far apart).
 struct ShardKeep {
   uint64_t call = 0;
   std::vector<Tensor> grads;

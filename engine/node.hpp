@@ -356,10 +356,10 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
 // Why: the ops of a small batch are too small to cut between threads on CPUs far apart (W5 at 2
 // threads, bench/README.md), but two halves of the batch share only the parameters and their
 // gradients. Errors: a leaf the loss depends on that is not one of params_k (shards may share no
-// tensor that requires grad) and any error a shard throws are thrown here (the first shard's
-// first), before any parameter or gradient is touched. A thread keeps its last shard's
-// gradients until its next shard (so that they go back to its own memory pool). The loss
-// function must not call set_num_threads.
+// tensor that requires grad), or anything a shard throws, is thrown here once every shard has
+// ended (the lowest shard's error), before any parameter or gradient is touched. The loss function
+// must not call set_num_threads. A thread keeps its last shard's gradients until its next shard,
+// so that they go back to its own memory pool.
 using ShardLoss = std::function<Tensor(const std::vector<Tensor>& params, int64_t begin, int64_t end)>;
 Tensor backward_sharded(const std::vector<Tensor>& params, int64_t n, const ShardLoss& loss_of);
 
