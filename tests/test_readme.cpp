@@ -95,3 +95,27 @@ TEST_CASE("README: SGD in backward") {
   CHECK(opt.steps() == 20);
   for (const Tensor& p : model->parameters()) CHECK_FALSE(p.grad().defined());
 }
+
+TEST_CASE("README: a batch across threads") {
+  manual_seed(3);
+  const Tensor x = randn({24, 16}), labels = randint(0, 4, {24});
+  const Tensor W0 = randn({16, 4}) * 0.1;
+  std::vector<double> losses[2];
+  const int before = get_num_threads();
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    Tensor W = clone(W0).requires_grad_(true), b = zeros({4}).requires_grad_(true);
+    optim::SGD opt({W, b}, 0.1, {.in_backward = true});
+    for (int step = 0; step < 10; ++step) {
+      const int64_t n = x.shape()[0];
+      Tensor loss = backward_sharded({W, b}, n, [&](const std::vector<Tensor>& p, int64_t begin, int64_t end) {
+        Tensor logits = linear(narrow(x, 0, begin, end - begin), p[0], p[1]);  // p: W and b again
+        return cross_entropy(logits, narrow(labels, 0, begin, end - begin), Reduction::Sum) / double(n);
+      });  // the loss's value; W and b already stepped
+      losses[threads - 1].push_back(loss.item());
+    }
+  }
+  set_num_threads(before);
+  CHECK(losses[0].back() < losses[0].front());
+  for (size_t i = 0; i < losses[0].size(); ++i) CHECK(losses[1][i] == doctest::Approx(losses[0][i]).epsilon(1e-5));
+}
